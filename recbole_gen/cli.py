@@ -1,0 +1,113 @@
+"""Command line: ``run_recbole`` (RecBole's run_recbole.py flags) and ``recbole-gen <command>``.
+
+Every argument that is not one of RecBole's flags must be a ``--key=value`` override; values
+are converted as RecBole converts them. Errors in what the user typed end with one line on
+stderr and exit status 2, never a traceback from inside RecBole.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+import recbole_gen  # noqa: F401  (applies the compatibility patches first)
+from recbole.config import Config as RecBoleConfig
+
+from recbole_gen.data.builtin import BUILDERS, DatasetNotFoundError, build_dataset
+from recbole_gen.utils import UnknownModelError, known_model_names
+
+USER_ERRORS = (UnknownModelError, DatasetNotFoundError, yaml.YAMLError)
+
+
+class UsageError(ValueError):
+    """Something the user typed is wrong; the message says what to type instead."""
+
+
+def parse_overrides(args):
+    """``["--epochs=5", ...]`` -> ``{"epochs": 5}``, converted the way RecBole converts command lines."""
+    overrides = {}
+    for arg in args:
+        key, sep, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        if not key or not sep or "=" in value:
+            raise UsageError(f"malformed argument '{arg}': overrides are written --key=value (for example --epochs=5)")
+        if key in overrides and overrides[key] != value:
+            raise UsageError(f"'--{key}' is given twice with different values")
+        overrides[key] = value
+    return RecBoleConfig._convert_config_dict(None, overrides)
+
+
+def _add_run_arguments(parser):
+    parser.add_argument("--model", "-m", default="BPR", help="model name: a RecBole model or a recbole-gen one")
+    parser.add_argument("--dataset", "-d", default="ml-100k", help="dataset name (folder under --data_path)")
+    parser.add_argument("--config_files", default=None, help="space-separated yaml files")
+    parser.add_argument("--nproc", type=int, default=1, help="processes (GPUs) for distributed training")
+    parser.add_argument("--ip", default="localhost")
+    parser.add_argument("--port", default="5678")
+    parser.add_argument("--world_size", type=int, default=-1)
+    parser.add_argument("--group_offset", type=int, default=0)
+    parser.add_argument("--list-models", action="store_true", help="print every model name and exit")
+
+
+def _config_files(value):
+    files = value.strip().split(" ") if value else None
+    for file in files or []:
+        if not Path(file).is_file():
+            raise UsageError(f"config file '{file}' does not exist")
+    return files
+
+
+def _run(args, rest):
+    if args.list_models:
+        print("\n".join(known_model_names()))
+        return 0
+    overrides = parse_overrides(rest)
+    config_files = _config_files(args.config_files)
+    from recbole_gen.quick_start import run
+
+    run(args.model, args.dataset, config_file_list=config_files, config_dict=overrides, nproc=args.nproc,
+        world_size=args.world_size, ip=args.ip, port=args.port, group_offset=args.group_offset)
+    return 0
+
+
+def _make_dataset(args, rest):
+    if args.name not in BUILDERS:
+        raise UsageError(f"no built-in dataset '{args.name}'; built-in datasets: {', '.join(sorted(BUILDERS))}")
+    folder = Path(args.data_path) / args.name
+    if folder.exists() and not args.force:
+        print(f"{folder} already exists (use --force to rebuild)")
+        return 0
+    build_dataset(args.name, folder, parse_overrides(rest))
+    print(f"built {args.name} in {folder}")
+    return 0
+
+
+def _guarded(handler, args, rest, prog):
+    try:
+        return handler(args, rest)
+    except (UsageError, *USER_ERRORS) as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def run_recbole_main(argv=None):
+    """``run_recbole --model=SASRec --dataset=ml-100k [--key=value ...]``, as RecBole's script."""
+    parser = argparse.ArgumentParser(prog="run_recbole", description=__doc__.splitlines()[0])
+    _add_run_arguments(parser)
+    args, rest = parser.parse_known_args(argv)
+    return _guarded(_run, args, rest, "run_recbole")
+
+
+def main(argv=None):
+    """``recbole-gen <command>``; ``python -m recbole_gen`` is the same."""
+    parser = argparse.ArgumentParser(prog="recbole-gen")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_parser = commands.add_parser("run", help="train and evaluate a model (same as run_recbole)")
+    _add_run_arguments(run_parser)
+    run_parser.set_defaults(handler=_run)
+    make = commands.add_parser("make-dataset", help="build a built-in dataset's atomic files and images")
+    make.add_argument("name")
+    make.add_argument("--data_path", default="dataset", help="parent folder (RecBole's data_path)")
+    make.add_argument("--force", action="store_true", help="rebuild even if the folder exists")
+    make.set_defaults(handler=_make_dataset)
+    args, rest = parser.parse_known_args(argv)
+    return _guarded(args.handler, args, rest, f"recbole-gen {args.command}")

@@ -1,0 +1,1 @@
+"""Image encoders, the catalogue index and generation metrics registered into RecBole."""

@@ -1,0 +1,108 @@
+"""Model and trainer lookup that tries recbole-gen first and falls back to RecBole.
+
+Plugin models are listed in :data:`PLUGIN_MODELS` (imported lazily, so running SASRec never
+imports transformers) or added at run time with :func:`register_model`, which may also name a
+``properties`` folder holding the model's ``model/<Model>.yaml``.
+"""
+import difflib
+import importlib
+import logging
+import os
+from pathlib import Path
+
+from recbole.utils import get_trainer as recbole_get_trainer
+from recbole.utils.logger import RemoveColorFilter, log_colors_config
+from recbole.utils.utils import ensure_dir, get_local_time
+
+import recbole
+
+PLUGIN_MODELS = {
+    "GenLMM": "recbole_gen.model.genlmm",
+}
+_registered = {}
+_extra_properties = []
+
+
+class UnknownModelError(ValueError):
+    """A model name that neither recbole-gen nor RecBole knows."""
+
+
+def properties_dir():
+    """This package's ``properties/``: inside the installed package, or the repository root."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "properties", here.parent / "properties"):
+        if (candidate / "overall.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(f"recbole-gen's properties/ folder is missing next to {here}; reinstall the package")
+
+
+def properties_dirs():
+    """Every properties layer, lowest priority first: this package's, then registered ones."""
+    return [properties_dir(), *_extra_properties]
+
+
+def register_model(model_class, properties=None):
+    """Make ``model_class`` findable by name; ``properties`` is an optional folder of yaml layers."""
+    _registered[model_class.__name__] = model_class
+    if properties is not None and Path(properties) not in _extra_properties:
+        _extra_properties.append(Path(properties))
+    return model_class
+
+
+def recbole_model_names():
+    """RecBole's own model names, read from its ``properties/model/*.yaml`` (no imports needed)."""
+    folder = Path(recbole.__file__).resolve().parent / "properties" / "model"
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def known_model_names():
+    return sorted({*PLUGIN_MODELS, *_registered, *recbole_model_names()})
+
+
+def get_model(model_name):
+    """The model class for ``model_name``: registered, then recbole-gen's, then RecBole's."""
+    if model_name in _registered:
+        return _registered[model_name]
+    if model_name in PLUGIN_MODELS:
+        return getattr(importlib.import_module(PLUGIN_MODELS[model_name]), model_name)
+    if model_name in recbole_model_names():
+        from recbole.utils import get_model as recbole_get_model
+
+        return recbole_get_model(model_name)
+    close = difflib.get_close_matches(model_name, known_model_names(), n=5, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise UnknownModelError(
+        f"Unknown model '{model_name}'.{hint} Model names are case-sensitive; "
+        f"run `run_recbole --list-models` to see all {len(known_model_names())}."
+    )
+
+
+def get_trainer(model_type, model_name):
+    """``recbole_gen.trainer.<Model>Trainer`` if it exists, else RecBole's choice."""
+    trainer_module = importlib.import_module("recbole_gen.trainer")
+    trainer = getattr(trainer_module, model_name + "Trainer", None)
+    if trainer is not None:
+        return trainer
+    return recbole_get_trainer(model_type, model_name)
+
+
+def init_logger(config):
+    """RecBole's logger (same format and colours), with the folder taken from ``config['log_dir']``.
+
+    RecBole hard-codes ``./log/`` and cannot re-initialise within one process; this one can.
+    """
+    log_dir = config["log_dir"] or "log"
+    ensure_dir(os.path.join(log_dir, config["model"]))
+    level = getattr(logging, str(config["state"] or "INFO").upper(), logging.INFO)
+    filename = f"{config['model']}-{config['dataset']}-{get_local_time()}.log"
+    file_handler = logging.FileHandler(os.path.join(log_dir, config["model"], filename))
+    file_handler.setFormatter(logging.Formatter("%(asctime)-15s %(levelname)s  %(message)s", "%a %d %b %Y %H:%M:%S"))
+    file_handler.addFilter(RemoveColorFilter())
+    import colorlog
+
+    stream_handler = logging.StreamHandler()
+    stream_handler.setFormatter(
+        colorlog.ColoredFormatter("%(log_color)s%(asctime)-15s %(levelname)s  %(message)s", "%d %b %H:%M", log_colors=log_colors_config)
+    )
+    logging.basicConfig(level=level, handlers=[stream_handler, file_handler], force=True)
+    return file_handler.baseFilename
