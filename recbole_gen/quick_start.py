@@ -15,7 +15,7 @@ from recbole.utils import get_environment, get_flops, init_seed, set_color
 
 from recbole_gen.compat import load_checkpoint
 from recbole_gen.config import Config
-from recbole_gen.data import create_dataset
+from recbole_gen.data import create_dataset, ensure_dataset_files
 from recbole_gen.utils import get_model, get_trainer, init_logger
 
 
@@ -41,6 +41,7 @@ def _run_rank(rank, model, dataset, config_file_list, config_dict, saved, queue)
 def run_recbole(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True, queue=None):
     """Train on the training split, select on validation, report the test split; RecBole's result dict."""
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+    ensure_dataset_files(config)  # fail (or build a built-in dataset) before any log is written
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
