@@ -1,1 +1,31 @@
-"""Image encoders, the catalogue index and generation metrics registered into RecBole."""
+"""Image encoders, the catalogue index and generation metrics registered into RecBole.
+
+Importing this package registers the image metrics (TargetSim, Novelty, FD, ...) into RecBole's
+metric registry; it is cheap (no FAISS / open_clip import). The heavier parts load on first use:
+
+    from recbole_gen.evaluator import build_image_encoder, CatalogueIndex, ImageCatalogue
+    from recbole_gen.evaluator import catalogue_scores, image_metrics
+"""
+import importlib
+
+from recbole_gen.evaluator.metrics import IMAGE_METRIC_NAMES, register_metrics, wants_image_metrics
+
+register_metrics()
+
+_LAZY = {
+    "ImageEncoder": "encoders", "build_image_encoder": "encoders",
+    "build_image_encoder_from_config": "encoders", "EncoderWeightsError": "encoders",
+    "CatalogueIndex": "index", "EmptyCatalogueError": "index",
+    "ImageCatalogue": "catalogue",
+    "catalogue_scores": "scoring", "catalogue_topk": "scoring",
+    "image_metrics": "functional", "frechet_distance": "functional",
+    "KNNOracleJudge": "oracle", "build_oracle_judge": "oracle",
+}
+
+__all__ = ["IMAGE_METRIC_NAMES", "register_metrics", "wants_image_metrics", *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"recbole_gen.evaluator.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'recbole_gen.evaluator' has no attribute '{name}'")

@@ -1,0 +1,135 @@
+"""Generation metrics as RecBole metrics: ``metrics: [Hit, NDCG, TargetSim, Novelty, FD]`` works.
+
+They are RANKING-type metrics (so they share a run with Hit/NDCG/MRR) whose per-user values are
+pushed into the collector by :class:`recbole_gen.trainer.evaluation.ImageMetricsMixin` under the
+``gen.*`` keys below; each class only aggregates (mean over users, NaN skipped).
+
+=================  ===============  ====  =======================================================
+metric             collector key    best  meaning
+=================  ===============  ====  =======================================================
+TargetSim          gen.target_sim    ↑    mean cosine of the samples to the true next item
+TargetSimBest      gen.target_sim_best ↑  best-of-n cosine to the true next item
+HistorySim         gen.history_sim   ↑    mean cosine to the user's history items
+FutureSim          gen.future_sim    ↑    mean cosine to the user's later items (valid: the test item)
+Diversity          gen.diversity     ↑    mean pairwise (1 - cosine) among a user's samples
+ImageCoverage      gen.nearest       ↑    share of catalogue items that are some sample's nearest item
+Novelty            gen.novelty       ↑    1 - max cosine to any catalogue item (0 = a copy)
+FD                 gen.fd            ↓    Fréchet distance, generated vs true next items' embeddings
+OracleUtility      gen.oracle_utility ↑   simulated user's utility of the samples (datasets with a simulator)
+=================  ===============  ====  =======================================================
+
+Registration (:func:`register_metrics`) only touches RecBole's registry tables; it imports neither
+FAISS nor any encoder.
+"""
+import math
+
+import numpy as np
+import torch
+from recbole.evaluator.base_metric import AbstractMetric
+from recbole.utils import EvaluatorType
+
+NEED = "gen.image"  # the Register flag that makes the trainer compute image metrics
+
+
+class ImageMetricMissingError(RuntimeError):
+    pass
+
+
+def _get(dataobject, key, metric):
+    if key not in dataobject:
+        raise ImageMetricMissingError(
+            f"metric '{metric}' needs '{key}' from recbole-gen's evaluation trainer: build the trainer with "
+            "recbole_gen.trainer.evaluation.with_image_metrics(TrainerClass) (run_recbole does this when "
+            "image metrics are listed in `metrics`)"
+        )
+    return dataobject.get(key)
+
+
+class ImageMetric(AbstractMetric):
+    metric_type = EvaluatorType.RANKING
+    metric_need = [NEED]
+    smaller = False
+    key = None
+
+    def calculate_metric(self, dataobject):
+        name = type(self).__name__.lower()
+        values = _get(dataobject, self.key, name).double().flatten()
+        values = values[~torch.isnan(values)]
+        value = float(values.mean()) if values.numel() else float("nan")
+        return {name: round(value, self.decimal_place) if not math.isnan(value) else value}
+
+
+class TargetSim(ImageMetric):
+    key = "gen.target_sim"
+
+
+class TargetSimBest(ImageMetric):
+    key = "gen.target_sim_best"
+
+
+class HistorySim(ImageMetric):
+    key = "gen.history_sim"
+
+
+class FutureSim(ImageMetric):
+    key = "gen.future_sim"
+
+
+class Diversity(ImageMetric):
+    key = "gen.diversity"
+
+
+class Novelty(ImageMetric):
+    key = "gen.novelty"
+
+
+class OracleUtility(ImageMetric):
+    key = "gen.oracle_utility"
+
+
+class ImageCoverage(ImageMetric):
+    key = "gen.nearest"
+
+    def calculate_metric(self, dataobject):
+        nearest = _get(dataobject, "gen.nearest", "imagecoverage").flatten()
+        num_items = int(_get(dataobject, "gen.num_catalogue_items", "imagecoverage").flatten()[0])
+        nearest = nearest[nearest > 0]
+        value = float(torch.unique(nearest).numel()) / max(1, num_items)
+        return {"imagecoverage": round(value, self.decimal_place)}
+
+
+class FD(ImageMetric):
+    key = "gen.fd_stats"
+    smaller = True
+
+    def calculate_metric(self, dataobject):
+        from recbole_gen.evaluator.functional import FrechetStats
+
+        value = FrechetStats.distance(_get(dataobject, "gen.fd_stats", "fd"))
+        return {"fd": round(value, self.decimal_place) if not np.isnan(value) else value}
+
+
+IMAGE_METRICS = [TargetSim, TargetSimBest, HistorySim, FutureSim, Diversity, ImageCoverage, Novelty, FD, OracleUtility]
+IMAGE_METRIC_NAMES = [cls.__name__.lower() for cls in IMAGE_METRICS]
+
+
+def register_metrics():
+    """Add the image metrics to RecBole's registry tables (in place: RecBole's Config, Register and
+    Evaluator hold references to them). Idempotent; call before building a Config."""
+    from recbole.evaluator import register
+
+    for cls in IMAGE_METRICS:
+        name = cls.__name__.lower()
+        register.metrics_dict[name] = cls
+        register.metric_information[name] = cls.metric_need
+        register.metric_types[name] = cls.metric_type
+        if cls.smaller and name not in register.smaller_metrics:
+            register.smaller_metrics.append(name)
+
+
+def wants_image_metrics(config):
+    """True when ``config['metrics']`` lists any image metric."""
+    metrics = config["metrics"] or []
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    return any(str(m).lower() in IMAGE_METRIC_NAMES for m in metrics)
