@@ -1,0 +1,161 @@
+"""The whole path through RecBole's evaluator: dataset with item images -> catalogue -> model scores
+-> collector -> registered image metrics next to Hit/NDCG in one result dict."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from recbole.data import create_dataset, data_preparation
+from recbole.model.abstract_recommender import SequentialRecommender
+from recbole.trainer import Trainer
+from recbole.utils import InputType
+
+from recbole_gen.config import Config
+from recbole_gen.evaluator.catalogue import ImageCatalogue, clear_catalogue_cache
+from recbole_gen.evaluator.metrics import ImageMetricMissingError
+from recbole_gen.evaluator.scoring import catalogue_scores
+from recbole_gen.trainer.evaluation import with_image_metrics
+
+IMAGE_METRICS = ["TargetSim", "TargetSimBest", "HistorySim", "FutureSim", "Diversity", "ImageCoverage",
+                 "Novelty", "FD", "OracleUtility"]
+IMAGE_KEYS = {m.lower() for m in IMAGE_METRICS}
+
+
+def write_image_dataset(parent, name="imgseq", n_users=24, n_items=20, length=8, size=16, seed=0):
+    """Atomic .inter file + images/<item token>.png, every item a distinct random 4x4 colour pattern."""
+    rng = np.random.default_rng(seed)
+    folder = parent / name
+    (folder / "images").mkdir(parents=True)
+    lines = ["user_id:token\titem_id:token\ttimestamp:float"]
+    for user in range(1, n_users + 1):
+        for step, item in enumerate(rng.permutation(n_items)[:length] + 1):
+            lines.append(f"u{user}\ti{item}\t{user * 100 + step}")
+    (folder / f"{name}.inter").write_text("\n".join(lines) + "\n")
+    for item in range(1, n_items + 1):
+        pattern = rng.integers(0, 256, size=(4, 4, 3), dtype=np.uint8)
+        Image.fromarray(pattern).resize((size, size), Image.NEAREST).save(folder / "images" / f"i{item}.png")
+    return parent
+
+
+class OracleGenerator(SequentialRecommender):
+    """'Generates' exactly the true next item's image (reads the target: a test-only cheat)."""
+
+    input_type = InputType.POINTWISE
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        self.catalogue = ImageCatalogue.from_config(config, dataset)
+        self.last_sample_embeddings = None
+
+    def full_sort_predict(self, interaction):
+        target = interaction[self.ITEM_ID].cpu()
+        samples = self.catalogue.embeddings[target].unsqueeze(1)  # [B, 1, D]
+        self.last_sample_embeddings = samples
+        return catalogue_scores(samples, self.catalogue)
+
+
+class OracleRanker(SequentialRecommender):
+    """Ranks the true next item first (a ranker: no generated images)."""
+
+    input_type = InputType.POINTWISE
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def full_sort_predict(self, interaction):
+        scores = torch.rand(len(interaction), self.n_items) * 0.5
+        scores[torch.arange(len(interaction)), interaction[self.ITEM_ID]] = 1.0
+        return scores
+
+
+@pytest.fixture()
+def setup(tmp_path):
+    clear_catalogue_cache()
+    write_image_dataset(tmp_path)
+
+    def build(model, metrics=("Hit", "NDCG", *IMAGE_METRICS), **extra):
+        config = Config(model=model, dataset="imgseq", config_dict={
+            "data_path": str(tmp_path), "metrics": list(metrics), "topk": [1, 5], "valid_metric": "Hit@1",
+            "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full", "group_by": "user"},
+            "loss_type": "CE", "train_neg_sample_args": None, "image_size": 16, "eval_encoder": "pixel",
+            "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+            "MAX_ITEM_LIST_LENGTH": 10, "eval_batch_size": 8, "device": "cpu", "use_gpu": False,
+            "show_progress": False, "checkpoint_dir": str(tmp_path / "saved"), "eval_image_samples": 3, **extra,
+        })
+        dataset = create_dataset(config)
+        train, valid, test = data_preparation(config, dataset)
+        return config, dataset, train, valid, test
+
+    return build
+
+
+def expected_future_sim(config, valid, test, catalogue):
+    uid, iid = config["USER_ID_FIELD"], config["ITEM_ID_FIELD"]
+    later = dict(zip(test._dataset.inter_feat[uid].tolist(), test._dataset.inter_feat[iid].tolist()))
+    users, targets = valid._dataset.inter_feat[uid].tolist(), valid._dataset.inter_feat[iid].tolist()
+    emb = catalogue.embeddings
+    return float(np.mean([float(emb[t] @ emb[later[u]]) for u, t in zip(users, targets)]))
+
+
+def test_generator_of_the_true_image_scores_hit1_and_targetsim_1(setup):
+    config, dataset, train, valid, test = setup(OracleGenerator)
+    model = OracleGenerator(config, train._dataset)
+    trainer = with_image_metrics(Trainer)(config, model)
+    trainer.set_future_data(test)
+    valid_result = trainer.evaluate(valid, load_best_model=False)
+    test_result = trainer.evaluate(test, load_best_model=False)
+    for result in (valid_result, test_result):
+        assert {"hit@1", "hit@5", "ndcg@1", "ndcg@5"} | IMAGE_KEYS == set(result)
+        assert result["hit@1"] == 1.0 and result["ndcg@5"] == 1.0
+        assert result["targetsim"] == pytest.approx(1.0, abs=1e-4)
+        assert result["targetsimbest"] == pytest.approx(1.0, abs=1e-4)
+        assert result["novelty"] == 0.0
+        assert result["fd"] == pytest.approx(0.0, abs=1e-3)
+        assert math.isnan(result["diversity"])  # one sample per user
+        assert math.isnan(result["oracleutility"])  # no simulator for this dataset
+        assert 0 < result["imagecoverage"] <= 1
+        assert -1 < result["historysim"] < 1
+    assert valid_result["futuresim"] == pytest.approx(expected_future_sim(config, valid, test, model.catalogue), abs=1e-4)
+    assert math.isnan(test_result["futuresim"])  # nothing after the test item
+    assert trainer.image_metric_info["encoder"] == "pixel"
+
+
+def test_ranker_gets_the_same_columns_from_its_top_items(setup):
+    config, dataset, train, valid, test = setup(OracleRanker)
+    trainer = with_image_metrics(Trainer)(config, OracleRanker(config, train._dataset))
+    trainer.set_future_data(test)
+    result = trainer.evaluate(valid, load_best_model=False)
+    assert {"hit@1", "hit@5", "ndcg@1", "ndcg@5"} | IMAGE_KEYS == set(result)
+    assert result["hit@1"] == 1.0
+    assert result["targetsimbest"] == pytest.approx(1.0, abs=1e-4)  # top-1 is the target
+    assert result["targetsim"] < 0.9  # the mean over its top-3 is not
+    assert result["novelty"] == 0.0  # a ranker only shows catalogue items
+    assert result["diversity"] > 0  # 3 distinct items per user
+    assert not math.isnan(result["futuresim"])
+
+
+def test_sasrec_and_generator_share_columns(setup):
+    from recbole.model.sequential_recommender import SASRec
+
+    config, dataset, train, valid, test = setup(SASRec, n_layers=1, n_heads=1, hidden_size=8, inner_size=8)
+    trainer = with_image_metrics(Trainer)(config, SASRec(config, train._dataset))
+    result = trainer.evaluate(test, load_best_model=False)
+    assert {"hit@1", "hit@5", "ndcg@1", "ndcg@5"} | IMAGE_KEYS == set(result)
+    assert result["novelty"] == 0.0 and 0 <= result["hit@5"] <= 1
+
+
+def test_image_metrics_without_the_evaluation_trainer_fail_clearly(setup):
+    config, dataset, train, valid, test = setup(OracleRanker, metrics=("Hit", "TargetSim"))
+    trainer = Trainer(config, OracleRanker(config, train._dataset))
+    with pytest.raises(ImageMetricMissingError, match="with_image_metrics"):
+        trainer.evaluate(valid, load_best_model=False)
+
+
+def test_ranking_only_config_is_untouched(setup):
+    config, dataset, train, valid, test = setup(OracleRanker, metrics=("Hit", "MRR"))
+    trainer = with_image_metrics(Trainer)(config, OracleRanker(config, train._dataset))
+    result = trainer.evaluate(valid, load_best_model=False)
+    assert set(result) == {"hit@1", "hit@5", "mrr@1", "mrr@5"} and trainer.image_catalogue is None
