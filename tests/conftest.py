@@ -17,3 +17,17 @@ torch.set_num_threads(int(os.environ.get("RECBOLE_GEN_TEST_THREADS", "2")))
 def _workdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def emoji_seq_small(tmp_path_factory):
+    """The built-in emoji-seq with every item but only 300 simulated users, built once per
+    session (about 15 s on 2 cores); returns its data_path (the folder holding ``emoji-seq/``)."""
+    from recbole_gen.data import build_dataset
+
+    parent = tmp_path_factory.mktemp("emoji-data")
+    build_dataset("emoji-seq", parent / "emoji-seq", {"emoji_seq_users": EMOJI_SEQ_SMALL_USERS})
+    return parent
+
+
+EMOJI_SEQ_SMALL_USERS = 300
