@@ -1,0 +1,24 @@
+# The two commands of the README: `make run` (the main job) and `make test` (the test suite).
+# Both create .venv and install what they need on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: run test install
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	bash scripts/install-system-packages.sh
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+run: install
+	$(BIN)/run_recbole --model=SASRec --dataset=ml-100k
+
+test: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider
