@@ -4,22 +4,29 @@ RecBole would otherwise ask on stdin whether to download a dataset it knows (a h
 script) or fail with a terse message. recbole-gen never downloads at run time: a built-in
 dataset is built locally on first use; anything else must already be on disk.
 """
+import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
 
 BUILDERS = {}
+CHECKS = {}
 
 
 class DatasetNotFoundError(FileNotFoundError):
     """The dataset's atomic files are not on disk and no built-in builder knows the name."""
 
 
-def register_dataset(name):
-    """Decorator: ``builder(folder: Path, config) -> None`` writes the dataset's files into ``folder``."""
+def register_dataset(name, check=None):
+    """Decorator: ``builder(folder: Path, config) -> None`` writes the dataset's files into ``folder``
+    (``config``: a RecBole Config, a dict of overrides, or None). ``check(folder, config)``, if given,
+    returns a warning (str) when a folder already built does not match the config's build options."""
 
     def decorator(builder):
         BUILDERS[name] = builder
+        if check is not None:
+            CHECKS[name] = check
         return builder
 
     return decorator
@@ -36,6 +43,9 @@ def build_dataset(name, folder, config=None):
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))
     try:
         BUILDERS[name](staging, config)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(staging, 0o777 & ~mask)  # mkdtemp makes it 0700
         if folder.exists():  # an empty or partial folder left by hand: replace it
             shutil.rmtree(folder)
         staging.rename(folder)
@@ -48,6 +58,9 @@ def ensure_dataset_files(config):
     """Make sure ``config['data_path']`` holds the dataset; build it if it is a built-in one."""
     name, folder = config["dataset"], Path(config["data_path"])
     if has_atomic_files(folder, name):
+        warning = CHECKS[name](folder, config) if name in CHECKS else None
+        if warning:
+            logging.getLogger().warning(warning)
         return folder
     if name in BUILDERS:
         return build_dataset(name, folder, config)

@@ -241,7 +241,20 @@ def simulate(items, n_users, seed, sim=SIMULATOR):
 # ----------------------------------------------------------------------------- builder
 
 
-@register_dataset(NAME)
+def check_built(folder, config):
+    """A warning when the folder on disk was built with other options than ``config`` asks for."""
+    try:
+        built = json.loads((Path(folder) / f"{NAME}.sim.json").read_text())["options"]
+    except (OSError, ValueError, KeyError):
+        return None
+    wanted = {k: _options(config)[k] for k in built}
+    if wanted != built:
+        return (f"{folder} was built with {built}, the config asks for {wanted}; using the files on disk "
+                f"(rebuild with `recbole-gen make-dataset {NAME} --force`, or point data_path elsewhere)")
+    return None
+
+
+@register_dataset(NAME, check=check_built)
 def build_emoji_seq(folder, config=None):
     """Write emoji-seq's atomic files, images and ground truth into ``folder``."""
     opts = _options(config)

@@ -173,9 +173,9 @@ class ItemImageStore:
         text_field = config["item_text_field"] if _has(config, "item_text_field") else None
         wanted = [image_field] + ([text_field] if text_field else list(TEXT_FIELD_CANDIDATES))
         columns, header = read_item_columns(config, wanted)
-        if text_field is None:
+        if text_field is None:  # not set: the first usual column that exists
             text_field = next((c for c in TEXT_FIELD_CANDIDATES if c in columns), None)
-        elif text_field not in columns:
+        elif text_field and text_field not in columns:  # '' turns texts off
             raise ItemImageError(
                 f"item_text_field '{text_field}' is not a column of {folder / (config['dataset'] + '.item')} "
                 f"(columns: {header or 'no .item file'}); set item_text_field to one of them or to ''"
