@@ -185,3 +185,12 @@ def test_missing_font_or_emoji_list_says_what_to_install(tmp_path):
     rc = run_recbole_main(["--model=SASRec", "--dataset=emoji-seq", f"--data_path={tmp_path / 'y'}",
                            f"--emoji_font_file={tmp_path / 'no.ttf'}"])
     assert rc == 2
+
+
+def test_existing_folder_built_with_other_options_is_used_with_a_warning(emoji_seq_small, caplog):
+    from recbole_gen.data import ensure_dataset_files
+
+    config = config_for(emoji_seq_small, emoji_seq_users=USERS + 1)
+    with caplog.at_level("WARNING"):
+        assert ensure_dataset_files(config) == emoji_seq_small / "emoji-seq"
+    assert f"'emoji_seq_users': {USERS}" in caplog.text and "--force" in caplog.text
