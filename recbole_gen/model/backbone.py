@@ -1,0 +1,136 @@
+"""The any-to-any backbone: transformers' ``JanusForConditionalGeneration``, tiny or real.
+
+``lmm_path: ~`` builds a tiny random-initialised Janus from the ``lmm_*`` / ``vq_*`` config keys (all
+sizes cast to int: transformers' config classes are strict) with a byte-level tokenizer, since no text
+tokenizer is available offline. ``lmm_path: <folder>`` loads a Hugging Face-format Janus / Janus-Pro
+checkpoint (``from_pretrained``) and its tokenizer from that folder. Everything downstream uses only
+the APIs both share: ``model.model.language_model`` (a Llama decoder), ``get_input_embeddings``,
+``model.model.get_image_features``, ``prepare_embeddings_for_image_generation``,
+``model.model.generation_head``, ``model.lm_head`` and ``model.model.vqmodel``.
+"""
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import JanusConfig, JanusForConditionalGeneration, JanusVisionConfig, LlamaConfig
+
+from recbole_gen.model.vq import build_vq_config
+
+BYTE_TOKENIZER_FILE = "genlmm_byte_tokenizer.json"
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}
+
+
+class ByteTokenizer:
+    """UTF-8 bytes shifted past a few special tokens: a text tokenizer that needs no files."""
+
+    SPECIALS = ("<pad>", "<bos>", "<eos>", "<begin_of_image>", "<end_of_image>", "<image_placeholder>", "<sep>", "<unk>")
+
+    def __init__(self):
+        self.special = {name: i for i, name in enumerate(self.SPECIALS)}
+        self.vocab_size = len(self.SPECIALS) + 256
+
+    def encode(self, text):
+        return [len(self.SPECIALS) + b for b in text.encode("utf-8")]
+
+    def decode(self, ids):
+        return bytes(i - len(self.SPECIALS) for i in ids if i >= len(self.SPECIALS)).decode("utf-8", errors="replace")
+
+    def save(self, folder):
+        (Path(folder) / BYTE_TOKENIZER_FILE).write_text(json.dumps({"specials": list(self.SPECIALS)}))
+
+
+class HFTokenizer:
+    """A checkpoint's own tokenizer (Janus-Pro: ``<begin_of_image>``, ``<end_of_image>``, ``<image_placeholder>``)."""
+
+    def __init__(self, folder):
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        tok = self.tokenizer
+        names = {"<pad>": tok.pad_token or tok.eos_token, "<bos>": tok.bos_token, "<eos>": tok.eos_token,
+                 "<begin_of_image>": "<begin_of_image>", "<end_of_image>": "<end_of_image>",
+                 "<image_placeholder>": "<image_placeholder>"}
+        self.special = {name: tok.convert_tokens_to_ids(token) for name, token in names.items() if token is not None}
+        self.special.setdefault("<pad>", 0)
+        self.vocab_size = len(tok)
+
+    def encode(self, text):
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def decode(self, ids):
+        return self.tokenizer.decode(ids)
+
+
+@dataclass
+class Backbone:
+    model: JanusForConditionalGeneration
+    tokenizer: object
+    image_size: int
+    grid: int
+    codebook_size: int
+    is_pretrained: bool
+
+
+def _int(config, key):
+    return int(config[key])
+
+
+def tiny_janus_config(config, vq_settings):
+    """A JanusConfig from the ``lmm_*`` keys; the VQ part matches the catalogue-trained tokenizer."""
+    hidden = _int(config, "lmm_hidden_size")
+    size, grid = vq_settings["image_size"], vq_settings["vq_grid"]
+    tokenizer = ByteTokenizer()
+    text = LlamaConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=hidden, intermediate_size=_int(config, "lmm_intermediate_size"),
+        num_hidden_layers=_int(config, "lmm_num_layers"), num_attention_heads=_int(config, "lmm_num_heads"),
+        num_key_value_heads=_int(config, "lmm_num_heads"), max_position_embeddings=_int(config, "lmm_max_position_embeddings"),
+        pad_token_id=tokenizer.special["<pad>"], bos_token_id=tokenizer.special["<bos>"], eos_token_id=tokenizer.special["<eos>"],
+        tie_word_embeddings=False,
+    )
+    vision = JanusVisionConfig(
+        hidden_size=_int(config, "lmm_vision_hidden_size"), num_hidden_layers=_int(config, "lmm_vision_layers"),
+        num_attention_heads=_int(config, "lmm_vision_heads"), image_size=size, patch_size=size // grid,
+        projection_dim=hidden, num_image_tokens=grid * grid, mlp_ratio=2.0,
+    )
+    vq = build_vq_config(vq_settings, image_token_embed_dim=hidden, projection_dim=hidden)
+    return JanusConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), vq_config=vq.to_dict(),
+                       image_token_id=tokenizer.special["<image_placeholder>"], tie_word_embeddings=False)
+
+
+def build_backbone(config, vq_settings, base_seed):
+    """The Janus model and its tokenizer. A tiny model is initialised under its own RNG (``base_seed``), so
+    rebuilding it gives the same weights whatever ran before (LoRA checkpoints store only the adapter)."""
+    dtype = DTYPES[str(config["dtype"]).lower()]
+    path = config["lmm_path"]
+    if path:
+        folder = Path(path).expanduser()
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(
+                f"lmm_path '{folder}' holds no Hugging Face checkpoint (config.json missing). Point lmm_path at a local "
+                f"Janus / Janus-Pro folder in Hugging Face format (e.g. a snapshot of deepseek-community/Janus-Pro-1B); "
+                f"recbole-gen never downloads weights."
+            )
+        model = JanusForConditionalGeneration.from_pretrained(folder, dtype=dtype)
+        tokenizer = ByteTokenizer() if (folder / BYTE_TOKENIZER_FILE).is_file() else HFTokenizer(folder)
+        pretrained = True
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(base_seed))
+            model = JanusForConditionalGeneration(tiny_janus_config(config, vq_settings))
+        model = model.to(dtype)
+        tokenizer = ByteTokenizer()
+        pretrained = False
+    vision = model.config.vision_config
+    grid = vision.image_size // vision.patch_size
+    return Backbone(model=model, tokenizer=tokenizer, image_size=int(vision.image_size), grid=int(grid),
+                    codebook_size=int(model.config.vq_config.num_embeddings), is_pretrained=pretrained)
+
+
+def save_tiny_checkpoint(backbone, folder):
+    """``save_pretrained`` plus the byte tokenizer marker: a folder ``lmm_path`` can load."""
+    backbone.model.save_pretrained(folder)
+    if isinstance(backbone.tokenizer, ByteTokenizer):
+        backbone.tokenizer.save(folder)
+    return Path(folder)

@@ -1,0 +1,42 @@
+"""Sampling one image token at a time: guidance, temperature, top-k / top-p, per-row seeded noise.
+
+Each row of a batch draws its noise from its own ``torch.Generator`` (seeded from the run seed and the
+row's sample index), so an image depends on the seed, the sample index and the user's history only:
+not on which other users share the batch or on their order.
+"""
+import torch
+
+
+def row_generators(seed, sample_index, device="cpu"):
+    return [torch.Generator(device=device).manual_seed(int(seed) * 1_000_003 + int(s)) for s in sample_index]
+
+
+def guide(cond, uncond, guidance_scale):
+    """Classifier-free guidance: ``cond + g * (cond - uncond)``; ``g = 0`` is the conditional model alone."""
+    if uncond is None or guidance_scale == 0:
+        return cond
+    return cond + guidance_scale * (cond - uncond)
+
+
+def filter_logits(logits, top_k=0, top_p=1.0):
+    """Set logits outside the top-k / nucleus (top-p) to -inf."""
+    if top_k and 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, int(top_k), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        remove = cumulative - sorted_logits.softmax(-1) >= top_p  # keep the token that crosses top_p
+        remove = remove.scatter(-1, order, remove)
+        logits = logits.masked_fill(remove, float("-inf"))
+    return logits
+
+
+def sample(logits, temperature, generators):
+    """Greedy when ``temperature <= 0``; otherwise Gumbel-max with each row's own generator."""
+    logits = logits.float()
+    if temperature is None or temperature <= 0:
+        return logits.argmax(-1)
+    uniform = torch.stack([torch.rand(logits.shape[-1], generator=g, device=g.device) for g in generators]).to(logits.device)
+    gumbel = -torch.log(-torch.log(uniform.clamp_(1e-20, 1.0)).clamp_min(1e-20))
+    return (logits / temperature + gumbel).argmax(-1)

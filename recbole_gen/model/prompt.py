@@ -1,0 +1,87 @@
+"""Prompt layout: token ids with placeholder slots for the history items, left-padded into a batch.
+
+One prompt (ids; ``<img>`` marks a slot that receives a history item's representation)::
+
+    <bos> instruction  { <begin_of_image> <img>*k <end_of_image> [title <sep>] } per history item  <begin_of_image>
+
+and the target image's tokens follow the final ``<begin_of_image>``. The unconditional prompt used by
+classifier-free guidance (and by ``cond_dropout`` in training) is the same with no history items.
+Rows are left-padded so every prompt ends at the same position and generation is batched.
+"""
+import torch
+
+
+class PromptTooLongError(ValueError):
+    """The history does not fit in the backbone's context."""
+
+
+class PromptBuilder:
+    def __init__(self, tokenizer, instruction, tokens_per_item, item_texts=None, use_titles=False, max_title_tokens=16):
+        self.tokenizer = tokenizer
+        special = tokenizer.special
+        self.pad, self.bos = special["<pad>"], special["<bos>"]
+        self.eos = special.get("<eos>", self.pad)
+        self.boi, self.eoi = special["<begin_of_image>"], special["<end_of_image>"]
+        self.slot = special["<image_placeholder>"]
+        self.sep = special.get("<sep>")
+        self.tokens_per_item = int(tokens_per_item)
+        self.head = [self.bos] + tokenizer.encode(instruction) if instruction else [self.bos]
+        self.use_titles = bool(use_titles) and item_texts is not None
+        self.max_title_tokens = int(max_title_tokens)
+        self.titles = None
+        if item_texts is not None:
+            self.titles = [tokenizer.encode(text)[: self.max_title_tokens] if text else [] for text in item_texts]
+
+    def item_ids(self, item):
+        ids = [self.boi] + [self.slot] * self.tokens_per_item + [self.eoi]
+        if self.use_titles:
+            ids += self.titles[item] + ([self.sep] if self.sep is not None else [])
+        return ids
+
+    def row(self, items):
+        ids = list(self.head)
+        for item in items:
+            ids += self.item_ids(item)
+        return ids + [self.boi]
+
+    def length(self, items):
+        return len(self.row(items))
+
+    def fit(self, items, budget, truncate):
+        """``items`` (oldest first) cut from the oldest end until the prompt fits ``budget`` tokens, or an error."""
+        length = self.length(items)
+        if length <= budget:
+            return items
+        if not truncate:
+            raise PromptTooLongError(
+                f"the prompt for a history of {len(items)} items is {length} tokens, but only {budget} fit before the "
+                f"target image in lmm_max_length; lower history_len, use fewer tokens per history item "
+                f"(history_mode / history_tokens_per_item), or set truncate_history: True to drop the oldest items"
+            )
+        while items and self.length(items) > budget:
+            items = items[1:]
+        if self.length(items) > budget:
+            raise PromptTooLongError(f"even an empty history's prompt ({self.length([])} tokens) exceeds {budget} tokens")
+        return items
+
+    def batch(self, histories, device=None):
+        """``histories``: lists of item ids -> (ids [B,P] left-padded, attention mask [B,P])."""
+        rows = [self.row(items) for items in histories]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[i, width - len(r):] = 1
+        return ids.to(device), mask.to(device)
+
+    def target_text(self, items, device=None):
+        """``<end_of_image> title <eos>`` per target item, right-padded: (ids [B,M], mask [B,M])."""
+        rows = [[self.eoi] + self.titles[item] + [self.eos] for item in items]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[i, : len(r)] = 1
+        return ids.to(device), mask.to(device)
