@@ -14,6 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	bash scripts/install-system-packages.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q --no-deps recbole==1.2.1
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
