@@ -7,4 +7,6 @@ from recbole_gen import compat
 
 compat.apply()
 
+from recbole_gen import evaluator  # noqa: E402  (registers the image metrics before any Config)
+
 __version__ = "0.1.0"

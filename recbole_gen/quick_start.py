@@ -5,7 +5,7 @@ recbole-gen's Config, model/trainer lookup, dataset preparation and logger. RecB
 exactly as RecBole would run them.
 """
 import sys
-from collections.abc import MutableMapping
+import time
 from logging import getLogger
 
 import torch.distributed as dist
@@ -16,6 +16,8 @@ from recbole.utils import get_environment, get_flops, init_seed, set_color
 from recbole_gen.compat import load_checkpoint
 from recbole_gen.config import Config
 from recbole_gen.data import create_dataset, ensure_dataset_files
+from recbole_gen.evaluator import wants_image_metrics
+from recbole_gen.trainer.evaluation import with_image_metrics
 from recbole_gen.utils import get_model, get_trainer, init_logger
 
 
@@ -58,11 +60,14 @@ def run_recbole(model=None, dataset=None, config_file_list=None, config_dict=Non
     flops = get_flops(model, dataset, config["device"], logger, construct_transform(config))
     logger.info(set_color("FLOPs", "blue") + f": {flops}")
 
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    trainer = build_trainer(config, model, future_data=test_data)
+    started = time.perf_counter()
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )
+    trained = time.perf_counter()
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+    tested = time.perf_counter()
 
     logger.info("The running environment of this training is as follows:\n" + get_environment(config).draw())
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
@@ -73,12 +78,28 @@ def run_recbole(model=None, dataset=None, config_file_list=None, config_dict=Non
         "best_valid_result": best_valid_result,
         "test_result": test_result,
         "model_file": trainer.saved_model_file if saved else None,
+        "train_seconds": trained - started,
+        "test_seconds": tested - trained,
+        "test_users": len(test_data._dataset.inter_feat),
     }
     if not config["single_spec"]:
         dist.destroy_process_group()
     if config["local_rank"] == 0 and queue is not None:
         queue.put(result)
     return result
+
+
+def build_trainer(config, model, future_data=None):
+    """The model's trainer (recbole-gen's, else RecBole's), with recbole-gen's image metrics when
+    ``metrics`` lists any, for rankers and generators alike; ``future_data`` (the test split) gives
+    the validation phase its FutureSim targets."""
+    trainer_class = get_trainer(config["MODEL_TYPE"], config["model"])
+    if not wants_image_metrics(config):
+        return trainer_class(config, model)
+    trainer = with_image_metrics(trainer_class)(config, model)
+    if future_data is not None:
+        trainer.set_future_data(future_data)
+    return trainer
 
 
 def load_data_and_model(model_file):
