@@ -13,10 +13,11 @@ import yaml
 import recbole_gen  # noqa: F401  (applies the compatibility patches first)
 from recbole.config import Config as RecBoleConfig
 
+from recbole_gen.benchmark.runner import BenchmarkError
 from recbole_gen.data.builtin import BUILDERS, DatasetNotFoundError, build_dataset
 from recbole_gen.utils import UnknownModelError, known_model_names
 
-USER_ERRORS = (UnknownModelError, DatasetNotFoundError, yaml.YAMLError)
+USER_ERRORS = (UnknownModelError, DatasetNotFoundError, yaml.YAMLError, BenchmarkError)
 
 
 class UsageError(ValueError):
@@ -81,6 +82,16 @@ def _make_dataset(args, rest):
     return 0
 
 
+def _benchmark(args, rest):
+    from recbole_gen.benchmark import run_benchmark
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+    out = run_benchmark(args.preset, models=models, dataset=args.dataset, out=args.out, resume=args.resume,
+                        overrides=parse_overrides(rest), command=" ".join(["recbole-gen", *sys.argv[1:]]))
+    print(f"results: {out / 'results.md'}\ngallery: {out / 'gallery.html'} and {out / 'gallery.png'}")
+    return 0
+
+
 def _guarded(handler, args, rest, prog):
     try:
         return handler(args, rest)
@@ -109,5 +120,12 @@ def main(argv=None):
     make.add_argument("--data_path", default="dataset", help="parent folder (RecBole's data_path)")
     make.add_argument("--force", action="store_true", help="rebuild even if the folder exists")
     make.set_defaults(handler=_make_dataset)
+    bench = commands.add_parser("benchmark", help="train baselines and GenLMM on one split; write a table and a gallery")
+    bench.add_argument("--preset", default="default", help="properties/benchmark/<name>.yaml or a yaml file")
+    bench.add_argument("--dataset", default=None, help="dataset (default: the preset's)")
+    bench.add_argument("--models", default=None, help="comma-separated rows, e.g. Pop,SASRec,GenLMM-SFT (default: the preset's)")
+    bench.add_argument("--out", default=None, help="results folder (default: results/<dataset>-<time>)")
+    bench.add_argument("--resume", action="store_true", help="keep finished rows of --out (or of the latest run)")
+    bench.set_defaults(handler=_benchmark)
     args, rest = parser.parse_known_args(argv)
     return _guarded(args.handler, args, rest, f"recbole-gen {args.command}")

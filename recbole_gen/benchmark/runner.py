@@ -1,0 +1,168 @@
+"""Run every row of a benchmark preset with the same dataset, split, seed and evaluation.
+
+Each row runs in its own spawned process (so its peak memory is its own and a crash cannot take
+the table with it) through :func:`recbole_gen.quick_start.run_recbole`, and is written to
+``rows/<row>.json`` when it finishes; ``resume=True`` skips rows already written, so an
+interrupted benchmark loses at most the row in flight. A row's config may name another row's
+checkpoint as ``'@Row'`` (GenLMM-RL starts from GenLMM-SFT, rewarded by the SASRec row).
+"""
+import json
+import multiprocessing
+import os
+import re
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from tqdm import tqdm
+
+from recbole_gen.utils import UnknownModelError, get_model, properties_dir
+
+REFERENCE = re.compile(r"^@(.+)$")
+
+
+class BenchmarkError(ValueError):
+    """A preset, row or dataset problem found before any training starts."""
+
+
+@dataclass
+class Row:
+    name: str
+    model: str
+    config: dict
+    needs: list
+
+
+def load_preset(preset):
+    """A preset by name (``properties/benchmark/<name>.yaml``) or by path."""
+    path = Path(preset)
+    if not path.is_file():
+        path = properties_dir() / "benchmark" / f"{preset}.yaml"
+    if not path.is_file():
+        names = sorted(p.stem for p in (properties_dir() / "benchmark").glob("*.yaml"))
+        raise BenchmarkError(f"no benchmark preset '{preset}': give a yaml file or one of {', '.join(names)}")
+    with open(path, encoding="utf-8") as f:
+        return {"name": path.stem, **yaml.safe_load(f)}
+
+
+def plan_rows(preset, models=None):
+    """The rows to run, in an order where every '@Row' reference runs first; checked up front."""
+    names = list(models or preset["models"])
+    unknown = [name for name in names if name not in preset["rows"]]
+    if unknown:
+        raise BenchmarkError(f"unknown benchmark row(s) {', '.join(unknown)}; this preset has: {', '.join(preset['rows'])}")
+    rows = {}
+    for name in names:
+        config = dict(preset["rows"][name] or {})
+        model = config.pop("model", name)
+        try:
+            get_model(model)
+        except UnknownModelError as error:
+            raise BenchmarkError(f"row '{name}': {error}") from None
+        needs = [m.group(1) for v in config.values() if isinstance(v, str) and (m := REFERENCE.match(v))]
+        missing = [n for n in needs if n not in names]
+        if missing:
+            raise BenchmarkError(f"row '{name}' needs row(s) {', '.join(missing)}: add them to --models")
+        rows[name] = Row(name, model, config, needs)
+    ordered, done = [], set()
+    while len(ordered) < len(rows):
+        ready = [row for row in rows.values() if row.name not in done and set(row.needs) <= done]
+        if not ready:
+            raise BenchmarkError(f"rows refer to each other in a cycle: {', '.join(sorted(set(rows) - done))}")
+        ordered.append(ready[0])
+        done.add(ready[0].name)
+    return ordered
+
+
+def _row_worker(model, dataset, config_dict, queue):
+    from recbole_gen.quick_start import run_recbole
+
+    try:
+        result = run_recbole(model, dataset, config_dict=config_dict)
+        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        queue.put(("ok", _plain(result)))
+    except BaseException as error:  # reported to the parent, which stops the benchmark
+        import traceback
+
+        queue.put(("error", f"{type(error).__name__}: {error}\n{traceback.format_exc()}"))
+
+
+def _plain(value):
+    """numpy scalars and OrderedDicts -> JSON-ready Python values."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+def _run_row(row, dataset, config_dict):
+    context = multiprocessing.get_context("spawn")
+    queue = context.SimpleQueue()
+    process = context.Process(target=_row_worker, args=(row.model, dataset, config_dict, queue))
+    process.start()
+    process.join()
+    if queue.empty():
+        raise RuntimeError(f"row '{row.name}' died without a result (exit code {process.exitcode})")
+    status, payload = queue.get()
+    if status != "ok":
+        raise RuntimeError(f"row '{row.name}' failed: {payload}")
+    return payload
+
+
+def _write_json(path, data):
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def default_out_dir(dataset, resume):
+    root = Path("results")
+    if resume:
+        previous = sorted(root.glob(f"{dataset}-*"))
+        if previous:
+            return previous[-1]
+    return root / f"{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def run_benchmark(preset="default", models=None, dataset=None, out=None, resume=False, overrides=None, command=None):
+    """Run (or resume) a benchmark; returns the results folder with results.md/.csv/.json and the gallery."""
+    from recbole_gen.benchmark.gallery import write_gallery
+    from recbole_gen.benchmark.report import write_report
+    from recbole_gen.config import Config
+    from recbole_gen.data import ensure_dataset_files
+
+    preset = load_preset(preset)
+    dataset = dataset or preset["dataset"]
+    rows = plan_rows(preset, models)
+    shared = {**(preset.get("config") or {}), **(overrides or {})}
+    ensure_dataset_files(Config(model=rows[0].model, dataset=dataset, config_dict=shared))  # fail before training
+
+    out = Path(out) if out else default_out_dir(dataset, resume)
+    (out / "rows").mkdir(parents=True, exist_ok=True)
+    shared = {**shared, "log_dir": str(out / "logs"), "checkpoint_dir": str(out / "saved")}
+    results = {}
+    progress = tqdm(rows, desc="benchmark rows", unit="row")
+    for row in progress:
+        progress.set_postfix_str(row.name)
+        row_file = out / "rows" / f"{row.name}.json"
+        if resume and row_file.is_file():
+            results[row.name] = json.loads(row_file.read_text())
+            continue
+        config_dict = {**shared, **{k: _resolve(v, results) for k, v in row.config.items()}}
+        result = _run_row(row, dataset, config_dict)
+        results[row.name] = {"row": row.name, "model": row.model, "config": row.config, **result}
+        _write_json(row_file, results[row.name])
+    ordered = [results[row.name] for row in rows]
+    write_report(out, preset, dataset, ordered, shared, command)
+    write_gallery(out, preset, dataset, ordered, shared)
+    return out
+
+
+def _resolve(value, results):
+    match = REFERENCE.match(value) if isinstance(value, str) else None
+    return results[match.group(1)]["model_file"] if match else value
