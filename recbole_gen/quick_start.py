@@ -90,10 +90,10 @@ def run_recbole(model=None, dataset=None, config_file_list=None, config_dict=Non
 
 
 def build_trainer(config, model, future_data=None):
-    """The model's trainer (recbole-gen's, else RecBole's), with recbole-gen's image metrics when
+    """The model's trainer for ``config['stage']`` (recbole-gen's, else RecBole's), with image metrics when
     ``metrics`` lists any, for rankers and generators alike; ``future_data`` (the test split) gives
     the validation phase its FutureSim targets."""
-    trainer_class = get_trainer(config["MODEL_TYPE"], config["model"])
+    trainer_class = get_trainer(config["MODEL_TYPE"], config["model"], config["stage"])
     if not wants_image_metrics(config):
         return trainer_class(config, model)
     trainer = with_image_metrics(trainer_class)(config, model)

@@ -77,9 +77,16 @@ def get_model(model_name):
     )
 
 
-def get_trainer(model_type, model_name):
-    """``recbole_gen.trainer.<Model>Trainer`` if it exists, else RecBole's choice."""
+def get_trainer(model_type, model_name, stage=None):
+    """``recbole_gen.trainer.<Model>Trainer`` if it exists, else RecBole's choice.
+
+    A training ``stage`` other than the default (e.g. ``rl``) selects ``<Model><STAGE>Trainer``."""
     trainer_module = importlib.import_module("recbole_gen.trainer")
+    if stage and str(stage).lower() != "sft":
+        trainer = getattr(trainer_module, f"{model_name}{str(stage).upper()}Trainer", None)
+        if trainer is None:
+            raise UnknownModelError(f"model '{model_name}' has no training stage '{stage}'")
+        return trainer
     trainer = getattr(trainer_module, model_name + "Trainer", None)
     if trainer is not None:
         return trainer

@@ -104,3 +104,13 @@ def test_console_scripts_installed():
     failed = subprocess.run([sys.executable, "-m", "recbole_gen", "run", "--model=Nope"], capture_output=True, text=True,
                             timeout=120)
     assert failed.returncode == 2 and "Unknown model 'Nope'" in failed.stderr and "Traceback" not in failed.stderr
+
+
+def test_trainer_lookup_by_stage():
+    from recbole.trainer import Trainer
+    from recbole.utils import ModelType
+
+    assert utils.get_trainer(ModelType.SEQUENTIAL, "SASRec") is Trainer
+    assert utils.get_trainer(ModelType.SEQUENTIAL, "SASRec", "sft") is Trainer
+    with pytest.raises(utils.UnknownModelError, match="no training stage 'rl'"):
+        utils.get_trainer(ModelType.SEQUENTIAL, "SASRec", "rl")
