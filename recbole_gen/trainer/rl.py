@@ -1,0 +1,329 @@
+"""Stage 2 of GenLMM: online RL with group-relative policy optimisation (docs/rl.md).
+
+    run_recbole --model=GenLMM --dataset=emoji-seq --stage=rl --init_from=saved/GenLMM-<sft>.pth \
+        [--reward_recommender_file=saved/SASRec-<...>.pth]
+
+One step (:meth:`GenLMMRLTrainer._rl_step`):
+
+1. ``rl_batch_size`` training rows (history -> next item) drawn with the trainer's own seeded generator;
+2. ``rl_group_size`` images per row from the current policy (``rl_temperature``, ``rl_guidance_scale``);
+3. rewards (:mod:`recbole_gen.trainer.rewards`) and group-normalised advantages
+   ``(r - mean_group) / std_group`` (0 for a constant group);
+4. ``rl_inner_epochs`` updates of the clipped policy-gradient loss on the sampled image tokens'
+   log-probabilities plus ``rl_kl_coef`` x KL(policy || reference), the reference being the frozen
+   SFT weights loaded from ``init_from``.
+
+The policy's log-probabilities are those of the conditional model at the rollout temperature
+(``log_softmax(logits / rl_temperature)``); with guidance or top-k/top-p in the rollouts the samples
+come from a slightly different distribution than the one scored (documented in docs/rl.md).
+Rollouts and updates run with the model in eval mode (no dropout), so the first inner epoch's
+ratio is exactly 1.
+"""
+import copy
+import math
+import os
+import time
+
+import torch
+from recbole.utils import set_color
+
+from recbole_gen.trainer.genlmm import GenLMMTrainer
+from recbole_gen.trainer.rewards import COMPONENTS, Rollout, RewardSet, load_recommender, reward_catalogue, train_recommender
+
+RL_DEFAULTS = {
+    "init_from": None,                 # SFT checkpoint (.pth) loaded before RL; also the KL reference
+    "rl_steps": 200,                   # optimisation steps (rollout batches)
+    "rl_batch_size": 16,               # training rows (users' histories) per step
+    "rl_group_size": 4,                # samples per row (the group of GRPO)
+    "rl_inner_epochs": 1,              # updates per batch of samples
+    "rl_learning_rate": 1e-4,          # AdamW learning rate of the RL stage (SFT's learning_rate is not used)
+    "rl_clip_eps": 0.2,                # PPO clip range of the probability ratio
+    "rl_kl_coef": 0.05,                # weight of KL(policy || SFT reference)
+    "rl_temperature": 1.0,             # rollout sampling temperature (> 0)
+    "rl_guidance_scale": 0.0,          # rollout classifier-free guidance
+    "rl_top_k": 0,                     # rollout top-k (0 = all)
+    "rl_top_p": 1.0,                   # rollout nucleus mass
+    "rl_advantage_eps": 1e-6,          # added to the group std; groups with std below it get advantage 0
+    "rl_target_weight": 1.0,           # reward weights (0 = component off)
+    "rl_recommender_weight": 1.0,
+    "rl_history_weight": 0.0,
+    "rl_diversity_weight": 0.5,
+    "rl_oracle_weight": 0.0,           # simulated datasets only; refused with OracleUtility in metrics
+    "rl_reward_encoder": "pixel",      # encoder of the reward space (may and should differ from eval_encoder in reports)
+    "rl_reward_encoder_size": None,    # pixels it sees (~ = its own default)
+    "rl_reward_encoder_path": None,    # weights for efficientnet-lite0 / open_clip
+    "rl_recommender_temperature": 0.05,  # softmax temperature of the soft retrieval over the catalogue
+    "rl_diversity_threshold": 0.9,     # cosine above which two samples of a group count as near-duplicates
+    "reward_recommender_file": None,   # RecBole checkpoint (SASRec...) on the same split; ~ = train one on demand
+    "rl_recommender_epochs": 5,        # epochs of the on-demand SASRec
+    "rl_seed": 0,                      # seeds the row sampler and the rollout noise (resumable stream)
+    "rl_save_every": 25,               # checkpoint every N steps (and at the end)
+    "rl_log_every": 1,                 # log line every N steps (TensorBoard gets every step)
+    "rl_resume_from": None,            # an RL checkpoint to continue from (its step, optimizer, sampler)
+    "rl_grad_clip": 1.0,               # max gradient norm (0 = off)
+}
+
+
+class RLDivergenceError(RuntimeError):
+    """A reward or loss became NaN/inf; the last good checkpoint is kept."""
+
+
+def rl_settings(config):
+    """Every RL key with its default (``RL_DEFAULTS``) for keys the config does not set."""
+    out = {}
+    for key, default in RL_DEFAULTS.items():
+        try:
+            value = config[key]
+        except KeyError:
+            value = None
+        out[key] = default if value is None else value
+    return out
+
+
+# --------------------------------------------------------------------------- the loss, piece by piece
+def group_advantages(rewards, eps=1e-6):
+    """``[B, G]`` rewards -> advantages ``(r - mean) / (std + eps)`` within each row's group (population
+    std). A group whose std is below ``eps`` (constant reward) gets advantage 0, never a division by 0."""
+    mean = rewards.mean(-1, keepdim=True)
+    std = rewards.std(-1, unbiased=False, keepdim=True)
+    adv = (rewards - mean) / (std + eps)
+    return torch.where(std < eps, torch.zeros_like(adv), adv)
+
+
+def clipped_policy_loss(logp, old_logp, advantages, clip_eps=0.2, mask=None):
+    """PPO's clipped surrogate per token: ``-min(ratio * A, clip(ratio, 1 - e, 1 + e) * A)`` with
+    ``ratio = exp(logp - old_logp)``; ``logp``/``old_logp`` ``[N, T]``, ``advantages`` ``[N]`` (one per
+    sample, shared by its tokens). Mean over each sample's tokens, then over samples.
+    Returns ``(loss, clip_fraction)`` (share of tokens where the clipped term is the one used)."""
+    ratio = torch.exp(logp - old_logp)
+    adv = advantages.unsqueeze(-1)
+    unclipped = ratio * adv
+    clipped = ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv
+    per_token = -torch.minimum(unclipped, clipped)
+    was_clipped = (clipped < unclipped).float()
+    if mask is None:
+        mask = torch.ones_like(per_token)
+    per_sample = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+    return per_sample.mean(), ((was_clipped * mask).sum() / mask.sum().clamp(min=1)).detach()
+
+
+def kl_penalty(logp, ref_logp):
+    """Per-token estimate of KL(policy || reference) at the sampled tokens (the non-negative "k3"
+    estimator ``exp(d) - d - 1`` with ``d = ref_logp - logp``); exactly 0 where they agree."""
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1
+
+
+def sequence_logprobs(core, histories, tokens, temperature=1.0):
+    """Log-probabilities ``[N, T]`` of given image ``tokens [N, T]`` after each prompt (``histories``: N
+    lists of internal item ids) under ``core`` (a :class:`~recbole_gen.model.core.GenLMMCore`), at
+    ``temperature``; and the policy's entropy at each position ``[N, T]``. Teacher-forced, one forward
+    pass, the same layout as the SFT loss and decoding (left-padded prompt, then the image tokens)."""
+    embeds, mask = core.prompt_embeds(histories)
+    image = core.lmm.prepare_embeddings_for_image_generation(tokens).to(embeds.dtype)
+    inputs = torch.cat([embeds, image[:, :-1]], 1)
+    full_mask = torch.cat([mask, torch.ones_like(tokens[:, :-1])], 1)
+    positions = (full_mask.cumsum(-1) - 1).clamp(min=0)
+    hidden = core.lmm.model.language_model(inputs_embeds=inputs, attention_mask=full_mask, position_ids=positions,
+                                           use_cache=False).last_hidden_state
+    start = embeds.shape[1] - 1
+    logits = core.lmm.model.generation_head(hidden[:, start:start + tokens.shape[1]]).float() / float(temperature)
+    logp_all = logits.log_softmax(-1)
+    logp = logp_all.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logp, entropy
+
+
+# --------------------------------------------------------------------------- the trainer
+class GenLMMRLTrainer(GenLMMTrainer):
+    """GRPO-style RL for GenLMM after SFT; RecBole's trainer contract (``fit``/``evaluate``/checkpoints)."""
+
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        self.rl = rl_settings(config)
+        if float(self.rl["rl_temperature"]) <= 0:
+            raise ValueError("rl_temperature must be > 0: RL needs sampled, not greedy, rollouts")
+        if float(self.rl["rl_oracle_weight"]) and "oracleutility" in [str(m).lower() for m in (config["metrics"] or [])]:
+            raise ValueError("rl_oracle_weight > 0 trains on the simulator's utility, so OracleUtility is no longer a "
+                             "held-out metric: remove it from metrics or set rl_oracle_weight: 0")
+        self.init_from = self.rl["init_from"]
+        if self.init_from:
+            self._load_weights(self.init_from)
+        elif config["stage"] and str(config["stage"]).lower() == "rl":
+            self.logger.warning(set_color("stage=rl without init_from: RL starts from (and is leashed to) an untrained "
+                                          "GenLMM", "yellow"))
+        # the KL reference: a frozen copy of the policy as loaded (= the SFT weights)
+        self.reference = copy.deepcopy(model.core).eval().requires_grad_(False)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = self._build_optimizer(params=params, learning_rate=float(self.rl["rl_learning_rate"]))
+        self.rl_step = 0
+        self.rl_history = []          # one dict of logged scalars per step
+        self.sampler = torch.Generator().manual_seed(int(self.rl["rl_seed"]))
+        self.rewards = None
+        self.last_good_checkpoint = None
+
+    # ------------------------------------------------------------------ setup
+    def _load_weights(self, path):
+        from recbole_gen.compat import load_checkpoint
+
+        checkpoint = load_checkpoint(path, map_location="cpu")
+        self.model.load_state_dict(checkpoint["state_dict"])
+        self.model.load_other_parameter(checkpoint.get("other_parameter"))
+        self.logger.info(set_color("RL init_from", "blue") + f": {path}")
+
+    def build_rewards(self, train_data):
+        """The reward set for this run (reward encoder catalogue, recommender, simulator)."""
+        rl, model = self.rl, self.model
+        weights = {name: float(rl[f"rl_{name}_weight"]) for name in COMPONENTS}
+        device = self.config["device"] or "cpu"
+        catalogue = reward_catalogue(model.store, rl["rl_reward_encoder"], rl["rl_reward_encoder_size"],
+                                     rl["rl_reward_encoder_path"], device=device)
+        recommender = simulator = None
+        if weights["recommender"]:
+            if rl["reward_recommender_file"]:
+                recommender = load_recommender(rl["reward_recommender_file"], train_data._dataset, device=device)
+            else:
+                recommender = train_recommender(self.config, train_data, epochs=rl["rl_recommender_epochs"],
+                                                seed=rl["rl_seed"], save_dir=self.checkpoint_dir)
+        if weights["oracle"]:
+            from recbole_gen.data.simulator import load_simulator
+
+            simulator = load_simulator(self.config, train_data._dataset)
+        self.logger.info(f"RL rewards: {', '.join(f'{k}={v:g}' for k, v in weights.items() if v)}; reward encoder "
+                         f"{catalogue.encoder.describe()} (evaluation encoder: {self.config['eval_encoder']})")
+        return RewardSet(catalogue, weights, recommender, simulator, rl["rl_recommender_temperature"],
+                         rl["rl_diversity_threshold"], history_len=model.core.settings["history_len"])
+
+    # ------------------------------------------------------------------ one step
+    def _rl_step(self, inter):
+        rl, core, model = self.rl, self.model.core, self.model
+        started = time.time()
+        B, G = int(rl["rl_batch_size"]), int(rl["rl_group_size"])
+        rows = torch.randint(len(inter), (B,), generator=self.sampler)
+        batch = inter[rows]
+        item_seq, item_len = batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN]
+        targets, users = batch[model.POS_ITEM_ID], batch[self.config["USER_ID_FIELD"]]
+        histories = core.histories(item_seq, item_len)
+        temperature = float(rl["rl_temperature"])
+        self.model.eval()
+        seed = int(rl["rl_seed"]) * 100_003 + self.rl_step
+        tokens = core.generate_tokens(histories, num_samples=G, guidance_scale=float(rl["rl_guidance_scale"]),
+                                      temperature=temperature, top_k=int(rl["rl_top_k"]), top_p=float(rl["rl_top_p"]),
+                                      seed=seed)
+        pixels = core.decode(tokens)
+        components, total = self.rewards(Rollout(pixels, users, item_seq, item_len, targets))
+        if not torch.isfinite(total).all():
+            bad = {k: int((~torch.isfinite(v)).sum()) for k, v in components.items()}
+            self._diverged(f"non-finite reward (non-finite values per component: {bad})")
+        advantages = group_advantages(total, float(rl["rl_advantage_eps"])).reshape(-1)
+        flat_histories = [h for h in histories for _ in range(G)]
+        flat_tokens = tokens.reshape(B * G, -1)
+        with torch.no_grad():
+            old_logp, _ = sequence_logprobs(core, flat_histories, flat_tokens, temperature)
+            ref_logp, _ = sequence_logprobs(self.reference, flat_histories, flat_tokens, temperature)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        for _ in range(max(1, int(rl["rl_inner_epochs"]))):
+            logp, entropy = sequence_logprobs(core, flat_histories, flat_tokens, temperature)
+            pg_loss, clip_fraction = clipped_policy_loss(logp, old_logp, advantages, float(rl["rl_clip_eps"]))
+            kl = kl_penalty(logp, ref_logp).mean()
+            loss = pg_loss + float(rl["rl_kl_coef"]) * kl
+            if not torch.isfinite(loss):
+                self._diverged(f"non-finite loss (policy loss {pg_loss.item()}, KL {kl.item()})")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if float(rl["rl_grad_clip"]):
+                torch.nn.utils.clip_grad_norm_(params, float(rl["rl_grad_clip"]))
+            self.optimizer.step()
+        self.rl_step += 1
+        log = {"step": self.rl_step, "reward": total.mean().item(), "reward_std": total.std().item(),
+               **{f"reward_{k}": v.mean().item() for k, v in components.items()},
+               "kl": kl.item(), "loss": loss.item(), "policy_loss": pg_loss.item(), "entropy": entropy.mean().item(),
+               "clip_fraction": clip_fraction.item(), "step_seconds": time.time() - started}
+        self.rl_history.append(log)
+        return log
+
+    def _diverged(self, what):
+        where = (f"the last good checkpoint is {self.last_good_checkpoint} (step {self._last_good_step})"
+                 if self.last_good_checkpoint else "no checkpoint was written yet")
+        raise RLDivergenceError(f"RL step {self.rl_step + 1}: {what}; stopping. {where}. Lower rl_learning_rate, raise "
+                                f"rl_kl_coef, or check the reward inputs (reward encoder, recommender file).")
+
+    def _log(self, log):
+        for key, value in log.items():
+            if key != "step" and self.tensorboard is not None:
+                self.tensorboard.add_scalar(f"rl/{key}", value, log["step"])
+        every = int(self.rl["rl_log_every"])
+        if every and log["step"] % every == 0:
+            parts = ", ".join(f"{k} {v:.4f}" for k, v in log.items() if k not in ("step", "step_seconds"))
+            self.logger.info(f"RL step {log['step']}/{self.rl['rl_steps']}: {parts}, {log['step_seconds']:.2f} s")
+
+    # ------------------------------------------------------------------ checkpoints
+    def _save_rl_checkpoint(self, verbose=True):
+        """RecBole's checkpoint layout (config, state_dict, other_parameter, optimizer, ...) plus ``rl``:
+        the step, the row sampler's state and the logged history; written atomically."""
+        state = {
+            "config": self.config, "epoch": 0, "cur_step": self.cur_step, "best_valid_score": self.best_valid_score,
+            "state_dict": self.model.state_dict(), "other_parameter": self.model.other_parameter(),
+            "optimizer": self.optimizer.state_dict(),
+            "rl": {"step": self.rl_step, "sampler": self.sampler.get_state(), "history": list(self.rl_history),
+                   "init_from": self.init_from},
+        }
+        tmp = self.saved_model_file + ".tmp"
+        torch.save(state, tmp, pickle_protocol=4)
+        os.replace(tmp, self.saved_model_file)
+        self.last_good_checkpoint, self._last_good_step = self.saved_model_file, self.rl_step
+        if verbose:
+            self.logger.info(set_color("Saving current", "blue") + f": {self.saved_model_file} (RL step {self.rl_step})")
+
+    def resume_rl(self, path):
+        """Continue from an RL checkpoint: weights, optimizer, step, row sampler and log history."""
+        from recbole_gen.compat import load_checkpoint
+
+        checkpoint = load_checkpoint(path, map_location="cpu")
+        if "rl" not in checkpoint:
+            raise ValueError(f"{path} is not an RL checkpoint (no 'rl' state); use it as init_from instead")
+        self.model.load_state_dict(checkpoint["state_dict"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        rl = checkpoint["rl"]
+        self.rl_step, self.rl_history = int(rl["step"]), list(rl["history"])
+        self.sampler.set_state(rl["sampler"])
+        self.logger.info(set_color("RL resumed", "blue") + f": {path} at step {self.rl_step}")
+
+    def _after_step(self, log):
+        """Hook after each completed step (tests use it to simulate an interruption)."""
+
+    # ------------------------------------------------------------------ RecBole contract
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        """Run ``rl_steps`` RL steps, checkpointing every ``rl_save_every``; then validate once (if
+        ``valid_data``) and save. Returns ``(best_valid_score, best_valid_result)`` like RecBole."""
+        rl = self.rl
+        if rl["rl_resume_from"]:
+            self.resume_rl(rl["rl_resume_from"])
+        if self.rewards is None:
+            self.rewards = self.build_rewards(train_data)
+        inter = train_data._dataset.inter_feat
+        total_steps, save_every = int(rl["rl_steps"]), int(rl["rl_save_every"])
+        self.model.eval()
+        while self.rl_step < total_steps:
+            log = self._rl_step(inter)
+            self._log(log)
+            if saved and save_every and self.rl_step % save_every == 0 and self.rl_step < total_steps:
+                self._save_rl_checkpoint(verbose=verbose)
+            self._after_step(log)
+        if valid_data:
+            score, result = self._valid_epoch(valid_data, show_progress=show_progress)
+            self.best_valid_score, self.best_valid_result = score, result
+            if verbose:
+                self.logger.info(set_color("RL valid", "blue") + f": {result}")
+        if saved:
+            self._save_rl_checkpoint(verbose=verbose)
+        return self.best_valid_score, self.best_valid_result
+
+    def summary(self):
+        """Means of the first and last 10% of the logged steps (for reports)."""
+        if not self.rl_history:
+            return {}
+        k = max(1, math.ceil(len(self.rl_history) / 10))
+        keys = [key for key in self.rl_history[0] if key != "step"]
+        mean = lambda rows, key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
+        return {key: (mean(self.rl_history[:k], key), mean(self.rl_history[-k:], key)) for key in keys}

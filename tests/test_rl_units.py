@@ -1,0 +1,145 @@
+"""RL building blocks on hand-made inputs: each reward, group advantages, the clipped loss, the KL
+penalty, and the teacher-forced log-probabilities against the SFT loss."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from recbole_gen.trainer.rewards import (RewardSet, Rollout, combine, diversity_penalty, history_reward,
+                                         recommender_reward, target_reward)
+from recbole_gen.trainer.rl import clipped_policy_loss, group_advantages, kl_penalty, rl_settings, sequence_logprobs
+from test_genlmm_support import emoji64, make_core, vq_cache  # noqa: F401
+
+
+def _unit(*rows):
+    return F.normalize(torch.tensor(rows, dtype=torch.float32), dim=-1)
+
+
+def test_target_and_history_rewards():
+    a, b, c = _unit([1, 0, 0], [0, 1, 0], [1, 1, 0])
+    samples = torch.stack([a, b]).unsqueeze(0)                  # [1, 2, 3]
+    assert torch.allclose(target_reward(samples, a.unsqueeze(0)), torch.tensor([[1.0, 0.0]]))
+    history = torch.stack([a, c, b]).unsqueeze(0)               # third item masked out
+    mask = torch.tensor([[True, True, False]])
+    expected = torch.tensor([[(1 + 1 / math.sqrt(2)) / 2, (0 + 1 / math.sqrt(2)) / 2]])
+    assert torch.allclose(history_reward(samples, history, mask), expected, atol=1e-6)
+    assert torch.equal(history_reward(samples, history, torch.zeros_like(mask)), torch.zeros(1, 2))
+
+
+def test_recommender_reward_prefers_the_recommenders_top_item():
+    torch.manual_seed(0)
+    catalogue = F.normalize(torch.randn(50, 16), dim=-1)
+    catalogue[0] = 0
+    valid = torch.ones(50, dtype=torch.bool)
+    valid[0] = False
+    probs = torch.softmax(torch.randn(2, 50) * 2, -1)
+    top = probs[:, 1:].argmax(-1) + 1
+    random_items = torch.tensor([int(probs[0, 1:].argmin()) + 1, int(probs[1, 1:].argmin()) + 1])
+    samples = torch.stack([catalogue[top], catalogue[random_items]], 1)  # [2 users, 2 samples, D]
+    reward = recommender_reward(samples, catalogue, probs, valid, temperature=0.05)
+    assert (reward[:, 0] > reward[:, 1] + 0.5).all(), reward
+    assert (reward[:, 0] > 0.9).all() and (reward <= 1 + 1e-6).all()  # normalised by the top probability
+    # the padding item can never be "retrieved", even with all the recommender's mass on it
+    spiky = torch.zeros(1, 50)
+    spiky[0, 0] = 1.0
+    spiky[0, 3] = 1e-3
+    assert recommender_reward(catalogue[3].view(1, 1, -1), catalogue, spiky, valid).item() > 0.9
+
+
+def test_diversity_penalty_zero_for_distinct_one_for_identical():
+    distinct = _unit([1, 0, 0], [0, 1, 0], [0, 0, 1]).unsqueeze(0)
+    same = _unit([1, 2, 3], [1, 2, 3], [1, 2, 3]).unsqueeze(0)
+    assert torch.equal(diversity_penalty(distinct, 0.9), torch.zeros(1, 3))
+    assert torch.allclose(diversity_penalty(same, 0.9), torch.ones(1, 3))
+    # one near-duplicate pair: only those two are penalised, linearly above the threshold
+    pair = _unit([1, 0, 0], [0.999, 0.0447, 0], [0, 0, 1]).unsqueeze(0)
+    pen = diversity_penalty(pair, 0.9)
+    cos = float(pair[0, 0] @ pair[0, 1])
+    assert torch.allclose(pen, torch.tensor([[(cos - 0.9) / 0.1] * 2 + [0.0]]), atol=1e-5)
+    assert torch.equal(diversity_penalty(same[:, :1], 0.9), torch.zeros(1, 1))  # a group of one
+
+
+def test_combine_subtracts_the_diversity_penalty_and_refuses_all_zero():
+    parts = {"target": torch.tensor([[1.0, 0.5]]), "diversity": torch.tensor([[1.0, 0.0]])}
+    assert torch.allclose(combine(parts, {"target": 2.0, "diversity": 0.5}), torch.tensor([[1.5, 1.0]]))
+    with pytest.raises(ValueError, match="every RL reward weight is 0"):
+        combine(parts, {"target": 0.0})
+
+
+def test_reward_set_refuses_missing_inputs():
+    class Cat:
+        embeddings = torch.zeros(3, 2)
+
+    with pytest.raises(ValueError, match="needs a recommender"):
+        RewardSet(Cat(), {"recommender": 1.0})
+    with pytest.raises(ValueError, match="simulator"):
+        RewardSet(Cat(), {"oracle": 1.0})
+    with pytest.raises(ValueError, match="unknown RL reward"):
+        RewardSet(Cat(), {"taste": 1.0})
+    assert isinstance(Rollout, type)
+
+
+def test_group_advantages_by_hand_and_constant_group_is_zero():
+    rewards = torch.tensor([[1.0, 2.0, 3.0, 6.0], [0.5, 0.5, 0.5, 0.5]])
+    adv = group_advantages(rewards, eps=1e-6)
+    mean, std = 3.0, math.sqrt(((1 - 3) ** 2 + (2 - 3) ** 2 + 0 + 9) / 4)
+    assert torch.allclose(adv[0], torch.tensor([(r - mean) / std for r in (1, 2, 3, 6)]), atol=1e-5)
+    assert torch.equal(adv[1], torch.zeros(4))
+    assert torch.isfinite(group_advantages(torch.zeros(3, 5))).all()
+
+
+def test_clipped_loss_against_hand_computed_values():
+    old = torch.zeros(3, 2)
+    # ratios: row 0 = 1.5 (clipped at 1.2 for A>0), row 1 = 0.5 (clipped at 0.8 for A<0), row 2 = 1.1 (inside)
+    logp = torch.log(torch.tensor([[1.5, 1.5], [0.5, 0.5], [1.1, 1.1]]))
+    adv = torch.tensor([2.0, -1.0, 1.0])
+    loss, clip_fraction = clipped_policy_loss(logp, old, adv, clip_eps=0.2)
+    expected = (-(1.2 * 2.0) + -(-1.0 * 0.8) + -(1.1 * 1.0)) / 3
+    assert loss.item() == pytest.approx(expected, abs=1e-5)
+    assert clip_fraction.item() == pytest.approx(4 / 6)
+    # pessimistic side: A<0 and ratio above 1+e is *not* clipped (the unclipped term is smaller)
+    loss2, frac2 = clipped_policy_loss(torch.log(torch.full((1, 1), 1.5)), torch.zeros(1, 1), torch.tensor([-1.0]), 0.2)
+    assert loss2.item() == pytest.approx(1.5) and frac2.item() == 0.0
+    # gradient at ratio 1 is -A / T per token (the REINFORCE direction)
+    logp = torch.zeros(2, 4, requires_grad=True)
+    clipped_policy_loss(logp, torch.zeros(2, 4), torch.tensor([1.0, -2.0]))[0].backward()
+    assert torch.allclose(logp.grad, torch.tensor([[-1 / 8] * 4, [2 / 8] * 4]))
+
+
+def test_kl_penalty_zero_when_equal_positive_otherwise():
+    logp = torch.log(torch.tensor([[0.2, 0.5, 0.9]]))
+    assert torch.equal(kl_penalty(logp, logp), torch.zeros(1, 3))
+    ref = torch.log(torch.tensor([[0.4, 0.4, 0.3]]))
+    d = ref - logp
+    assert torch.allclose(kl_penalty(logp, ref), d.exp() - d - 1) and (kl_penalty(logp, ref) > 0).all()
+
+
+def test_sequence_logprobs_match_the_sft_loss_and_policy_equals_reference(emoji64, vq_cache):
+    torch.manual_seed(0)
+    core = make_core(emoji64, vq_cache).eval()
+    histories, targets = [[1, 2, 3], [], [40, 41]], torch.tensor([4, 5, 42])
+    with torch.no_grad():
+        logp, entropy = sequence_logprobs(core, histories, core.item_tokens[targets])
+        sft = core.loss(histories, targets, reduction="none")
+    assert torch.allclose(-logp.mean(1), sft, atol=1e-5)
+    assert (entropy > 0).all() and (entropy <= math.log(core.backbone.codebook_size) + 1e-4).all()
+    # generated tokens score the same under the policy and an identical reference: KL exactly 0
+    tokens = core.generate_tokens(histories, num_samples=2, temperature=1.0, seed=3).flatten(0, 1)
+    flat = [h for h in histories for _ in range(2)]
+    import copy
+
+    reference = copy.deepcopy(core)
+    with torch.no_grad():
+        a, _ = sequence_logprobs(core, flat, tokens)
+        b, _ = sequence_logprobs(reference, flat, tokens)
+    assert torch.equal(kl_penalty(a, b), torch.zeros_like(a))
+    # temperature divides the logits
+    with torch.no_grad():
+        hot, _ = sequence_logprobs(core, flat, tokens, temperature=2.0)
+    assert not torch.allclose(hot, a)
+
+
+def test_rl_settings_defaults_and_overrides():
+    s = rl_settings({"rl_group_size": 8, "rl_kl_coef": None})
+    assert s["rl_group_size"] == 8 and s["rl_kl_coef"] == 0.05 and s["init_from"] is None
