@@ -92,6 +92,17 @@ def _benchmark(args, rest):
     return 0
 
 
+def _generate(args, rest):
+    if not Path(args.model_file).is_file():
+        raise UsageError(f"model file '{args.model_file}' does not exist")
+    from recbole_gen.model.genlmm import generate_command
+
+    result = generate_command(args.model_file, users=args.user, num_samples=args.num_samples, out_dir=args.out,
+                              seed=args.seed, **parse_overrides(rest))
+    print(f"wrote {len(result.manifest)} images and manifest.json to {args.out}")
+    return 0
+
+
 def _guarded(handler, args, rest, prog):
     try:
         return handler(args, rest)
@@ -120,6 +131,13 @@ def main(argv=None):
     make.add_argument("--data_path", default="dataset", help="parent folder (RecBole's data_path)")
     make.add_argument("--force", action="store_true", help="rebuild even if the folder exists")
     make.set_defaults(handler=_make_dataset)
+    gen = commands.add_parser("generate", help="draw next-item images with a trained GenLMM checkpoint")
+    gen.add_argument("--model-file", required=True, help="a GenLMM checkpoint saved by run_recbole (saved/GenLMM-*.pth)")
+    gen.add_argument("--user", action="append", required=True, help="user token (repeat for several users)")
+    gen.add_argument("--num-samples", type=int, default=4)
+    gen.add_argument("--out", default="generated", help="folder for the PNGs and manifest.json")
+    gen.add_argument("--seed", type=int, default=None, help="sampling seed (default: the checkpoint's generation_seed)")
+    gen.set_defaults(handler=_generate)
     bench = commands.add_parser("benchmark", help="train baselines and GenLMM on one split; write a table and a gallery")
     bench.add_argument("--preset", default="default", help="properties/benchmark/<name>.yaml or a yaml file")
     bench.add_argument("--dataset", default=None, help="dataset (default: the preset's)")

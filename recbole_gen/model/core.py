@@ -94,12 +94,18 @@ class GenLMMCore(nn.Module):
         self.tokens_per_item = per_item
         if mode == "semantic":
             code_dim = self.lmm.config.vq_config.embed_dim * self.num_image_tokens
-            self.history_proj = nn.Sequential(nn.Linear(code_dim, hidden), nn.GELU(), nn.Linear(hidden, per_item * hidden)).to(dtype)
+            with torch.random.fork_rng(devices=[]):  # same init whatever ran before (like the tiny backbone)
+                torch.manual_seed(int(s["base_seed"]) + 1)
+                self.history_proj = nn.Sequential(nn.Linear(code_dim, hidden), nn.GELU(), nn.Linear(hidden, per_item * hidden)).to(dtype)
         self.prompt = PromptBuilder(self.tokenizer, s["instruction"], per_item, item_texts, s["use_titles"], s["max_title_tokens"])
         self.max_length = int(s["lmm_max_length"] or self.lmm.config.text_config.max_position_embeddings)
         self._configure_training()
         if s["gradient_checkpointing"]:
-            self.lmm.model.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            lm = self.lmm.model.language_model
+            if hasattr(lm, "activation_checkpointing_enable"):
+                lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     # ----------------------------------------------------------------- setup
     @torch.no_grad()

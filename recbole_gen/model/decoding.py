@@ -38,5 +38,5 @@ def sample(logits, temperature, generators):
     if temperature is None or temperature <= 0:
         return logits.argmax(-1)
     uniform = torch.stack([torch.rand(logits.shape[-1], generator=g, device=g.device) for g in generators]).to(logits.device)
-    gumbel = -torch.log(-torch.log(uniform.clamp_(1e-20, 1.0)).clamp_min(1e-20))
+    gumbel = -torch.log((-torch.log(uniform.clamp_(1e-20, 1.0))).clamp_min(1e-20))
     return (logits / temperature + gumbel).argmax(-1)

@@ -110,8 +110,8 @@ def encode(vq, pixels, batch_size=256):
     """Pixels [N,3,S,S] in [0,1] -> image tokens LongTensor [N, grid*grid]."""
     out = []
     for chunk in torch.split(pixels, batch_size):
-        z = _encode_normalised(vq, chunk.float().to(vq.device) * 2 - 1)
-        codes = F.normalize(vq.quantize.embedding.weight, dim=1)
+        z = _encode_normalised(vq, (chunk.float() * 2 - 1).to(vq.device, vq.dtype)).float()
+        codes = F.normalize(vq.quantize.embedding.weight.float(), dim=1)
         flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
         out.append((flat @ codes.t()).argmax(1).view(len(chunk), -1).cpu())
     return torch.cat(out) if out else torch.zeros(0, 0, dtype=torch.long)

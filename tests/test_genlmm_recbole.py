@@ -1,0 +1,109 @@
+"""GenLMM inside RecBole: run_recbole trains / saves / evaluates; checkpoints reload to identical
+generations; LoRA checkpoints hold only the adapter; a save_pretrained Janus loads via lmm_path;
+the target item never influences generation; the generate API and CLI write PNGs + a manifest."""
+import json
+import os
+
+import pytest
+import torch
+from recbole.data.interaction import Interaction
+
+from recbole_gen.compat import load_checkpoint
+from recbole_gen.model.backbone import save_tiny_checkpoint
+from recbole_gen.quick_start import load_data_and_model, run_recbole
+from test_genlmm_support import emoji64, make_core, recbole_config, vq_cache, write_dataset  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def data_path(tmp_path_factory, emoji64):
+    return write_dataset(tmp_path_factory.mktemp("genlmm_data"), emoji64)
+
+
+def _run(data_path, tmp_path, **overrides):
+    config = recbole_config(data_path, cache_dir=str(tmp_path / "cache"), **overrides)
+    return run_recbole(model="GenLMM", dataset="gtiny", config_dict=config)
+
+
+@pytest.fixture(scope="module")
+def full_run(data_path, tmp_path_factory):
+    """One run_recbole of the full fine-tuning mode, shared by the tests that only read its checkpoint."""
+    folder = tmp_path_factory.mktemp("genlmm_run")
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        result = _run(data_path, folder)
+        result["model_file"] = str(folder / result["model_file"])
+    finally:
+        os.chdir(cwd)
+    return result
+
+
+@pytest.mark.parametrize("finetune", ["full", "lora"])
+def test_run_save_load_generates_identically(data_path, tmp_path, full_run, finetune):
+    result = full_run if finetune == "full" else _run(data_path, tmp_path, finetune=finetune)
+    assert set(result["test_result"]) == {"hit@10", "ndcg@10"}
+    checkpoint = load_checkpoint(result["model_file"])
+    keys = list(checkpoint["state_dict"])
+    if finetune == "lora":
+        assert keys and all(("lora_" in k or "generation_head" in k or "generation_aligner" in k or "history_proj" in k)
+                            for k in keys), keys[:8]
+        assert not any(k.endswith("q_proj.base_layer.weight") for k in keys)
+    assert not any("vqmodel" in k or "vision_model" in k for k in keys)  # frozen parts are rebuilt, not saved
+
+    config, model, dataset, train_data, valid_data, test_data = load_data_and_model(result["model_file"])
+    model.eval()
+    first = model.generate(histories=[[1, 2, 3], [], [40]], num_samples=2, seed=5)
+    # a second independent load gives the same images
+    _, again, *_ = load_data_and_model(result["model_file"])
+    second = again.generate(histories=[[1, 2, 3], [], [40]], num_samples=2, seed=5)
+    assert torch.equal(first.tokens, second.tokens)
+    # and the loaded weights are the trained ones, not a fresh init
+    state = again.state_dict()
+    assert all(torch.equal(state[k], checkpoint["state_dict"][k]) for k in keys)
+
+
+def test_target_items_do_not_change_generated_images(full_run):
+    result = full_run
+    _, model, _, _, _, test_data = load_data_and_model(result["model_file"])
+    model.eval()
+    batch = next(iter(test_data))[0]
+    data = {k: batch[k] for k in (model.ITEM_SEQ, model.ITEM_SEQ_LEN, model.ITEM_ID)}
+    permuted = dict(data)
+    permuted[model.ITEM_ID] = data[model.ITEM_ID][torch.randperm(len(data[model.ITEM_ID]), generator=torch.Generator().manual_seed(0))]
+    model.full_sort_predict(Interaction(data))
+    first = model.last_sample_pixels.clone()
+    scores = model.full_sort_predict(Interaction(permuted))
+    assert torch.equal(first, model.last_sample_pixels)
+    assert scores.shape == (len(data[model.ITEM_ID]), model.n_items)
+    assert model.last_sample_embeddings.shape[:2] == (len(data[model.ITEM_ID]), 2)
+
+
+def test_generate_api_and_cli_write_pngs_and_manifest(full_run, tmp_path):
+    result = full_run
+    from recbole_gen.cli import main
+
+    out = tmp_path / "gen"
+    assert main(["generate", "--model-file", result["model_file"], "--user", "u3", "--user", "u7",
+                 "--num-samples", "2", "--out", str(out), "--seed", "1"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(manifest) == 4 and {m["user"] for m in manifest} == {"u3", "u7"}
+    assert all((out / m["png"]).is_file() and m["seed"] == 1 and len(m["history"]) <= 3 for m in manifest)
+    assert manifest[0]["history_tokens"][0].startswith("e")
+
+
+def test_save_pretrained_janus_loads_through_lmm_path(emoji64, vq_cache, tmp_path):
+    tiny = make_core(emoji64, vq_cache)
+    folder = save_tiny_checkpoint(tiny.backbone, tmp_path / "janus-tiny")
+    loaded = make_core(emoji64, vq_cache, lmm_path=str(folder))
+    assert loaded.backbone.is_pretrained and not tiny.backbone.is_pretrained
+    loaded.history_proj.load_state_dict(tiny.history_proj.state_dict())  # the only part outside Janus
+    hist, target = [[1, 2, 3], []], torch.tensor([4, 5])
+    with torch.no_grad():
+        assert torch.allclose(tiny.loss(hist, target), loaded.loss(hist, target), atol=1e-5)
+    assert torch.equal(tiny.item_tokens, loaded.item_tokens)  # the checkpoint's own VQ tokenizes the catalogue
+    assert torch.equal(tiny.generate_tokens(hist, temperature=0), loaded.generate_tokens(hist, temperature=0))
+
+
+def test_missing_lmm_path_is_a_clear_error(emoji64, vq_cache, tmp_path):
+    with pytest.raises(FileNotFoundError, match="lmm_path"):
+        make_core(emoji64, vq_cache, lmm_path=str(tmp_path / "nowhere"))
