@@ -154,8 +154,7 @@ class GenLMMRLTrainer(GenLMMTrainer):
                                           "GenLMM", "yellow"))
         # the KL reference: a frozen copy of the policy as loaded (= the SFT weights)
         self.reference = copy.deepcopy(model.core).eval().requires_grad_(False)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = self._build_optimizer(params=params, learning_rate=float(self.rl["rl_learning_rate"]))
+        self.optimizer = self._build_optimizer(learning_rate=float(self.rl["rl_learning_rate"]))
         self.rl_step = 0
         self.rl_history = []          # one dict of logged scalars per step
         self.sampler = torch.Generator().manual_seed(int(self.rl["rl_seed"]))

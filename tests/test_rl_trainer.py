@@ -1,0 +1,175 @@
+"""GenLMMRLTrainer end to end on the tiny 64-emoji setup: RL raises the training reward over the SFT
+start with a bounded KL, checkpoints reload through RecBole's contract, resume continues the same
+stream, and a NaN reward stops the run keeping the last good checkpoint."""
+import json
+
+import pytest
+import torch
+from recbole.data import data_preparation
+
+from recbole_gen.compat import load_checkpoint
+from recbole_gen.config import Config
+from recbole_gen.data import create_dataset
+from recbole_gen.model.genlmm import GenLMM
+from recbole_gen.quick_start import load_data_and_model, run_recbole
+from recbole_gen.trainer import GenLMMRLTrainer
+from recbole_gen.trainer.rl import RLDivergenceError
+from test_genlmm_support import emoji64, recbole_config, vq_cache, write_dataset  # noqa: F401
+
+def _cfg(data_path, **overrides):
+    return {**recbole_config(data_path), **overrides}
+
+
+RL = dict(rl_batch_size=8, rl_group_size=4, rl_learning_rate=2e-3, rl_kl_coef=0.02, rl_target_weight=1.0,
+          rl_recommender_weight=0.0, rl_diversity_weight=0.0, rl_save_every=5, rl_log_every=0, rl_seed=1)
+
+
+@pytest.fixture(scope="module")
+def sft(tmp_path_factory, emoji64, vq_cache):
+    """A short SFT run on the tiny dataset: (data_path, cache_dir, checkpoint)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("rl")
+    data_path = write_dataset(root, emoji64)
+    cache = vq_cache
+    result = run_recbole(model="GenLMM", dataset="gtiny",
+                         config_dict=_cfg(data_path, cache_dir=str(cache), checkpoint_dir=str(root / "saved"),
+                                                    log_dir=str(root / "log"), epochs=2))
+    torch.set_num_threads(threads)
+    return data_path, cache, result["model_file"]
+
+
+def _setup(sft, tmp_path, **overrides):
+    data_path, cache, model_file = sft
+    config = Config(model="GenLMM", dataset="gtiny", config_dict=_cfg(
+        data_path, cache_dir=str(cache), checkpoint_dir=str(tmp_path / "saved"), stage="rl", init_from=model_file,
+        **{**RL, **overrides}))
+    dataset = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    torch.manual_seed(0)
+    model = GenLMM(config, train_data._dataset)
+    return config, model, train_data, valid_data, test_data
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the learning curve below is seeded; pin the float reduction order too
+    yield
+    torch.set_num_threads(before)
+
+
+class FavouriteItem:
+    """A stand-in recommender that is sure every user wants item 10: the recommender reward then asks
+    the policy to draw that emoji, a signal a few dozen steps of the tiny model can follow."""
+
+    source = "stub"
+
+    def __init__(self, item_num, item=10):
+        self.item_num, self.item = item_num, item
+
+    def probs(self, item_seq, item_len):
+        p = torch.zeros(len(item_seq), self.item_num)
+        p[:, self.item] = 1.0
+        return p
+
+
+def test_rl_raises_training_reward_with_bounded_kl(sft, tmp_path, one_thread):
+    config, model, train_data, valid_data, test_data = _setup(
+        sft, tmp_path, rl_steps=40, rl_batch_size=16, rl_learning_rate=1e-3, rl_inner_epochs=4, rl_kl_coef=0.1,
+        rl_target_weight=0.0, rl_recommender_weight=1.0, rl_save_every=20)
+    trainer = GenLMMRLTrainer(config, model)
+    # init_from loaded the SFT weights, and the reference is that same policy
+    sft_state = load_checkpoint(sft[2])["state_dict"]
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in sft_state.items())
+    from recbole_gen.trainer.rewards import RewardSet, reward_catalogue
+
+    catalogue = reward_catalogue(model.store, "pixel")
+    trainer.rewards = RewardSet(catalogue, {"recommender": 1.0}, recommender=FavouriteItem(catalogue.item_num))
+    trainer.fit(train_data, valid_data=None, saved=True)
+    rewards = [r["reward"] for r in trainer.rl_history]
+    start, end = sum(rewards[:8]) / 8, sum(rewards[-8:]) / 8
+    assert len(rewards) == 40 and all(k in trainer.rl_history[0] for k in
+                                      ("reward_recommender", "kl", "entropy", "clip_fraction", "step_seconds"))
+    assert end > start + 0.04, (start, end)
+    assert max(r["kl"] for r in trainer.rl_history) < 1.5, [round(r["kl"], 3) for r in trainer.rl_history]
+    assert trainer.rl_history[0]["kl"] < 0.05  # the first step starts at the reference (KL logged after 4 updates)
+    # the saved checkpoint follows RecBole's contract and reloads to the RL weights
+    _, again, *_ = load_data_and_model(trainer.saved_model_file)
+    assert all(torch.equal(again.state_dict()[k], v) for k, v in model.state_dict().items())
+    # evaluate works and TensorBoard got the scalars
+    result = trainer.evaluate(test_data, load_best_model=True)
+    assert "ndcg@10" in result
+
+
+def test_resume_continues_the_same_stream(sft, tmp_path):
+    class Interrupt(Exception):
+        pass
+
+    def run(path, steps, stop_at=None, resume=None):
+        config, model, train_data, *_ = _setup(sft, path, rl_steps=steps, rl_resume_from=resume)
+        trainer = GenLMMRLTrainer(config, model)
+        if stop_at:
+            def after(log):
+                if log["step"] == stop_at:
+                    raise Interrupt
+
+            trainer._after_step = after
+        try:
+            trainer.fit(train_data, saved=True)
+        except Interrupt:
+            pass
+        return trainer, model
+
+    full, full_model = run(tmp_path / "a", 8)
+    cut, _ = run(tmp_path / "b", 8, stop_at=7)                   # killed after step 7; last checkpoint at 5
+    assert load_checkpoint(cut.saved_model_file)["rl"]["step"] == 5
+    resumed, resumed_model = run(tmp_path / "c", 8, resume=cut.saved_model_file)
+    assert [r["step"] for r in resumed.rl_history] == list(range(1, 9))
+    # steps 6-8 replay exactly what the uninterrupted run did
+    for a, b in zip(full.rl_history[5:], resumed.rl_history[5:]):
+        assert a["reward"] == pytest.approx(b["reward"], abs=1e-6) and a["kl"] == pytest.approx(b["kl"], abs=1e-6)
+    for k, v in full_model.state_dict().items():
+        assert torch.allclose(v, resumed_model.state_dict()[k], atol=1e-6), k
+
+
+def test_nan_reward_stops_and_keeps_last_good_checkpoint(sft, tmp_path):
+    config, model, train_data, *_ = _setup(sft, tmp_path, rl_steps=10, rl_save_every=2)
+    trainer = GenLMMRLTrainer(config, model)
+    trainer.rewards = trainer.build_rewards(train_data)
+    real = trainer.rewards.__call__
+
+    def poisoned(rollout):
+        parts, total = real(rollout)
+        if trainer.rl_step == 3:
+            total = total.clone()
+            total[0, 0] = float("nan")
+        return parts, total
+
+    trainer.rewards = type("R", (), {"__call__": staticmethod(poisoned)})()
+    with pytest.raises(RLDivergenceError, match=r"step 4: non-finite reward.*last good checkpoint .* \(step 2\)"):
+        trainer.fit(train_data, saved=True)
+    assert load_checkpoint(trainer.saved_model_file)["rl"]["step"] == 2
+
+
+def test_oracle_reward_refused_with_oracle_metric(sft, tmp_path):
+    config, model, *_ = _setup(sft, tmp_path, rl_oracle_weight=1.0, metrics=["Hit", "OracleUtility"])
+    with pytest.raises(ValueError, match="OracleUtility is no longer a held-out metric"):
+        GenLMMRLTrainer(config, model)
+
+
+def test_recommender_reward_trains_sasrec_on_demand_and_reloads(sft, tmp_path):
+    config, model, train_data, *_ = _setup(sft, tmp_path, rl_recommender_weight=1.0, rl_diversity_weight=0.5,
+                                           rl_recommender_epochs=2, rl_steps=2)
+    trainer = GenLMMRLTrainer(config, model)
+    trainer.fit(train_data, saved=False)
+    log = trainer.rl_history[-1]
+    assert 0 <= log["reward_recommender"] <= 1 and 0 <= log["reward_diversity"] <= 1
+    saved = trainer.rewards.recommender.source
+    assert saved.endswith(".pth")
+    config2, model2, train_data2, *_ = _setup(sft, tmp_path, rl_recommender_weight=1.0, reward_recommender_file=saved,
+                                              rl_steps=1)
+    again = GenLMMRLTrainer(config2, model2).build_rewards(train_data2).recommender
+    seq, n = train_data2._dataset.inter_feat["item_id_list"][:4], train_data2._dataset.inter_feat["item_length"][:4]
+    assert torch.allclose(again.probs(seq, n), trainer.rewards.recommender.probs(seq, n), atol=1e-6)
+    json.dumps(trainer.rl_history)  # logged values are plain floats
