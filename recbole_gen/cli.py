@@ -95,10 +95,13 @@ def _benchmark(args, rest):
 def _generate(args, rest):
     if not Path(args.model_file).is_file():
         raise UsageError(f"model file '{args.model_file}' does not exist")
-    from recbole_gen.model.genlmm import generate_command
+    from recbole_gen.model.genlmm import UnknownUserError, generate_command
 
-    result = generate_command(args.model_file, users=args.user, num_samples=args.num_samples, out_dir=args.out,
-                              seed=args.seed, **parse_overrides(rest))
+    try:
+        result = generate_command(args.model_file, users=args.user, num_samples=args.num_samples, out_dir=args.out,
+                                  seed=args.seed, **parse_overrides(rest))
+    except UnknownUserError as error:
+        raise UsageError(str(error)) from None
     print(f"wrote {len(result.manifest)} images and manifest.json to {args.out}")
     return 0
 

@@ -31,6 +31,10 @@ def _cache_dir(config):
     return Path(folder) if folder else Path(config["data_path"]) / ".cache"
 
 
+class UnknownUserError(ValueError):
+    """A user token that the model's dataset does not hold."""
+
+
 @dataclass
 class Generation:
     """What :meth:`GenLMM.generate` returns: pixels ``[U, n, 3, S, S]`` in [0,1], tokens, and one manifest
@@ -164,7 +168,14 @@ class GenLMM(SequentialRecommender):
     def user_history(self, user):
         """Internal item ids the model's dataset holds for ``user`` (external token or internal id), in order."""
         dataset = self._dataset
-        uid = user if isinstance(user, (int, np.integer)) else dataset.token2id(dataset.uid_field, str(user))
+        if isinstance(user, (int, np.integer)):
+            uid = int(user)
+        else:
+            known = dataset.field2token_id[dataset.uid_field]
+            if str(user) not in known:
+                examples = ", ".join(list(known)[1:6])
+                raise UnknownUserError(f"user '{user}' is not in dataset '{dataset.dataset_name}' (user tokens look like: {examples})")
+            uid = known[str(user)]
         inter = dataset.inter_feat
         users = inter[dataset.uid_field].numpy()
         items = inter[dataset.iid_field].numpy()
