@@ -2,6 +2,7 @@
 start with a bounded KL, checkpoints reload through RecBole's contract, resume continues the same
 stream, and a NaN reward stops the run keeping the last good checkpoint."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -94,10 +95,14 @@ def test_rl_raises_training_reward_with_bounded_kl(sft, tmp_path, one_thread):
     assert end > start + 0.04, (start, end)
     assert max(r["kl"] for r in trainer.rl_history) < 1.5, [round(r["kl"], 3) for r in trainer.rl_history]
     assert trainer.rl_history[0]["kl"] < 0.05  # the first step starts at the reference (KL logged after 4 updates)
+    # TensorBoard got every step's scalars
+    trainer.tensorboard.flush()
+    events = list(Path("log_tensorboard").rglob("events.out.tfevents*"))
+    assert events and any(b"rl/kl" in e.read_bytes() and b"rl/clip_fraction" in e.read_bytes() for e in events)
     # the saved checkpoint follows RecBole's contract and reloads to the RL weights
     _, again, *_ = load_data_and_model(trainer.saved_model_file)
     assert all(torch.equal(again.state_dict()[k], v) for k, v in model.state_dict().items())
-    # evaluate works and TensorBoard got the scalars
+    # evaluate works (RecBole's load_best_model path reads the RL checkpoint)
     result = trainer.evaluate(test_data, load_best_model=True)
     assert "ndcg@10" in result
 
