@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: install
-	$(BIN)/run_recbole --model=SASRec --dataset=ml-100k
+	$(BIN)/recbole-gen benchmark
 
 test: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider

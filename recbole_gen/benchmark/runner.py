@@ -76,9 +76,23 @@ def plan_rows(preset, models=None):
     return ordered
 
 
-def _row_worker(model, dataset, config_dict, queue):
+def _exit_with_parent(parent_pid):
+    """A row process must not outlive the benchmark that started it (a killed benchmark would
+    otherwise leave it training, writing to the same logs)."""
+    import threading
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(2)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _row_worker(model, dataset, config_dict, queue, parent_pid):
     from recbole_gen.quick_start import run_recbole
 
+    _exit_with_parent(parent_pid)
     try:
         result = run_recbole(model, dataset, config_dict=config_dict)
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -103,9 +117,14 @@ def _plain(value):
 def _run_row(row, dataset, config_dict):
     context = multiprocessing.get_context("spawn")
     queue = context.SimpleQueue()
-    process = context.Process(target=_row_worker, args=(row.model, dataset, config_dict, queue))
+    process = context.Process(target=_row_worker, args=(row.model, dataset, config_dict, queue, os.getpid()))
     process.start()
-    process.join()
+    try:
+        process.join()
+    finally:
+        if process.is_alive():  # interrupted: stop the row too
+            process.terminate()
+            process.join()
     if queue.empty():
         raise RuntimeError(f"row '{row.name}' died without a result (exit code {process.exitcode})")
     status, payload = queue.get()
