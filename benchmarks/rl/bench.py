@@ -54,7 +54,7 @@ def main(argv=None):
         "valid_metric": "NDCG@10", "eval_encoder": "efficientnet-lite0", "eval_encoder_size": 96,
         "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user", "mode": "full"},
     }
-    record = {"command": " ".join([sys.executable, *sys.argv]), "uptime_before": uptime(), "args": vars(args)}
+    record = {"command": " ".join(["python", *sys.argv]), "uptime_before": uptime(), "args": vars(args)}
 
     started = time.time()
     sft = run_recbole(model="GenLMM", dataset="emoji-seq",
