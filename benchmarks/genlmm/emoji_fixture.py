@@ -14,15 +14,10 @@ FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
 
 
 def read_emoji(limit=None):
-    rows, group, subgroup = [], None, None
-    for line in EMOJI_TEST.read_text(encoding="utf-8").splitlines():
-        if line.startswith("# group:"):
-            group = line.split(":", 1)[1].strip()
-        elif line.startswith("# subgroup:"):
-            subgroup = line.split(":", 1)[1].strip()
-        elif line and not line.startswith("#") and "; fully-qualified" in line:
-            char, name = line.split("#", 1)[1].strip().split(" ", 1)
-            rows.append((char, name.split(" ", 1)[1], group, subgroup))
+    """(char, name, group, subgroup) of each fully-qualified emoji, as the dataset parses them."""
+    from recbole_gen.data.emoji_seq import parse_emoji_test
+
+    rows = [(e["char"], e["name"], e["group"], e["subgroup"]) for e in parse_emoji_test(EMOJI_TEST)]
     return rows[:limit] if limit else rows
 
 
