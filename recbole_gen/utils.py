@@ -23,6 +23,15 @@ _registered = {}
 _extra_properties = []
 
 
+def config_value(config, key, default=None):
+    """``config[key]`` for a RecBole Config or a dict, or ``default`` when the key is unset or ``None``."""
+    try:
+        value = config[key]
+    except (KeyError, TypeError):
+        value = None
+    return default if value is None else value
+
+
 class UnknownModelError(ValueError):
     """A model name that neither recbole-gen nor RecBole knows."""
 

@@ -121,7 +121,8 @@ def test_recbole_checkpoint_round_trip_through_trainer(tmp_path):
     assert trainer.start_epoch == 4
 
 
-def test_quick_start_imports_without_ray():
-    code = "import sys, recbole_gen.quick_start, recbole_gen.cli; assert 'ray' not in sys.modules, 'ray imported'"
+def test_quick_start_imports_without_ray_or_transformers():
+    code = ("import sys, recbole_gen.quick_start, recbole_gen.cli\n"
+            "for heavy in ('ray', 'transformers'): assert heavy not in sys.modules, heavy + ' imported'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -15,10 +15,11 @@ SUBGROUPS = ("face-smiling", "animal-mammal", "food-fruit", "transport-ground")
 PER_GROUP = 16
 
 TINY = dict(
-    image_size=16, vq_grid=4, vq_codebook_size=64, vq_embed_dim=8, vq_base_channels=32, vq_latent_channels=32,
+    lmm_image_size=16, vq_grid=4, vq_codebook_size=64, vq_embed_dim=8, vq_base_channels=32, vq_latent_channels=32,
     vq_train_steps=60, vq_batch_size=16, vq_lr=3e-3, vq_seed=0,
     lmm_hidden_size=64, lmm_intermediate_size=128, lmm_num_layers=2, lmm_num_heads=2, lmm_max_position_embeddings=128,
     lmm_vision_hidden_size=32, lmm_vision_layers=1, lmm_vision_heads=1, cond_dropout=0.0, history_len=3,
+    pretrain_steps=0,
 )
 
 

@@ -23,6 +23,28 @@ def test_vq_tokenizer_is_cached_and_frozen(emoji64, vq_cache):
     assert len({tuple(r) for r in first.item_tokens[1:].tolist()}) >= 50
 
 
+def test_catalogue_pretraining_teaches_drawing_and_is_cached(emoji64, vq_cache):
+    from recbole_gen.model.pretrain import pretrain_steps
+
+    settings = dict(pretrain_steps=150, pretrain_batch_size=32, pretrain_learning_rate=3e-3)
+    scratch = make_core(emoji64, vq_cache)
+    trained = make_core(emoji64, vq_cache, **settings)
+    info = trained.pretrain_info
+    assert scratch.pretrain_info is None and info["steps"] == 150 and info["final_loss"] < info["first_loss"] - 1.0, info
+    again = make_core(emoji64, vq_cache, **settings)  # from the cache: the same weights, no second training
+    assert again.pretrain_info == info
+    assert all(torch.equal(v, again.saved_state_dict()[k]) for k, v in trained.saved_state_dict().items())
+    # it draws the item its prompt names: reconstruction CE far below the untrained model's
+    items = torch.arange(1, len(emoji64[0]))
+    with torch.no_grad():
+        prompt = trained.prompt.with_instruction(trained.settings["pretrain_instruction"])
+        ce = [core.loss([[i] for i in items.tolist()], items, reduction="none", prompt=prompt).mean().item()
+              for core in (scratch, trained)]
+    assert ce[1] < ce[0] - 1.0, ce
+    assert pretrain_steps({"pretrain_steps": None, "lmm_path": "/some/checkpoint"}) == 0
+    assert pretrain_steps({"pretrain_steps": None, "lmm_path": None}) > 0
+
+
 def test_sft_loss_falls(emoji64, vq_cache):
     _, _, groups = emoji64
     torch.manual_seed(0)
@@ -59,7 +81,7 @@ def test_lora_and_full_both_train(emoji64, vq_cache):
         assert sum(losses[-10:]) / 10 < losses[0] - 0.5, (mode, losses[0], losses[-10:])
         if mode == "lora":
             assert torch.equal(base.base_layer.weight, frozen_before)  # the base stays frozen
-            names = set(core.trainable_state_dict())
+            names = set(core.saved_state_dict())
             assert names and all("lora_" in n or "generation_head" in n or "generation_aligner" in n or "history_proj" in n
                                  for n in names), sorted(names)[:10]
         else:

@@ -172,9 +172,45 @@ def test_recommender_reward_trains_sasrec_on_demand_and_reloads(sft, tmp_path):
     assert 0 <= log["reward_recommender"] <= 1 and 0 <= log["reward_diversity"] <= 1
     saved = trainer.rewards.recommender.source
     assert saved.endswith(".pth")
+    # the on-demand SASRec read the run's own dataset settings, not GenLMM's model keys
+    rconfig = load_checkpoint(saved, map_location="cpu")["config"]
+    assert rconfig["model"] == "SASRec" and rconfig["load_col"] == config["load_col"]
+    assert rconfig["MAX_ITEM_LIST_LENGTH"] == 10 and rconfig["image_dir"] == "images"
+    assert rconfig["train_batch_size"] != config["train_batch_size"] and rconfig["history_mode"] is None
     config2, model2, train_data2, *_ = _setup(sft, tmp_path, rl_recommender_weight=1.0, reward_recommender_file=saved,
                                               rl_steps=1)
     again = GenLMMRLTrainer(config2, model2).build_rewards(train_data2).recommender
     seq, n = train_data2._dataset.inter_feat["item_id_list"][:4], train_data2._dataset.inter_feat["item_length"][:4]
     assert torch.allclose(again.probs(seq, n), trainer.rewards.recommender.probs(seq, n), atol=1e-6)
     json.dumps(trainer.rl_history)  # logged values are plain floats
+
+
+def test_lora_rl_trains_a_fresh_adapter_whose_absence_is_the_reference(tmp_path, emoji64, vq_cache):
+    data_path = write_dataset(tmp_path / "data", emoji64)
+    common = dict(cache_dir=str(vq_cache), checkpoint_dir=str(tmp_path / "saved"), log_dir=str(tmp_path / "log"),
+                  finetune="lora")
+    sft_file = run_recbole(model="GenLMM", dataset="gtiny", config_dict=_cfg(data_path, epochs=1, **common))["model_file"]
+    config = Config(model="GenLMM", dataset="gtiny", config_dict=_cfg(
+        data_path, stage="rl", init_from=sft_file, **{**RL, "rl_steps": 3, "rl_learning_rate": 5e-3}, **common))
+    train_data, *_ = data_preparation(config, create_dataset(config))
+    model = GenLMM(config, train_data._dataset)
+    trainer = GenLMMRLTrainer(config, model)
+    assert trainer.reference is None  # no second copy of the weights
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".rl." in n for n in trainable)
+    sft_model = load_data_and_model(sft_file)[1].eval()
+    histories, tokens = [[1, 2, 3], [5]], model.core.item_tokens[torch.tensor([4, 6])]
+    with torch.no_grad():
+        sft_logp, _ = sft_model.core.token_logprobs(histories, tokens)
+        assert torch.allclose(model.core.token_logprobs(histories, tokens)[0], sft_logp, atol=1e-5)  # starts at SFT
+    trainer.fit(train_data, saved=True)
+    with torch.no_grad():
+        moved, _ = model.core.token_logprobs(histories, tokens)
+        with trainer.reference_policy() as reference:
+            ref, _ = reference.token_logprobs(histories, tokens)
+    assert not torch.allclose(moved, sft_logp, atol=1e-4) and torch.allclose(ref, sft_logp, atol=1e-5)
+    saved = load_checkpoint(trainer.saved_model_file)["state_dict"]
+    assert any(".rl." in k for k in saved) and any(".default." in k for k in saved)
+    _, again, *_ = load_data_and_model(trainer.saved_model_file)
+    a = model.generate(histories=histories, num_samples=2, seed=1).tokens
+    assert torch.equal(again.generate(histories=histories, num_samples=2, seed=1).tokens, a)

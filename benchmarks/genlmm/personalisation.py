@@ -14,6 +14,7 @@ Run:  python benchmarks/genlmm/personalisation.py --design semantic --minutes 8 
 """
 import argparse
 import json
+import logging
 import os
 import platform
 import resource
@@ -66,14 +67,26 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache", default="/tmp/genlmm_exp")
     parser.add_argument("--vq-steps", type=int, default=1500)
+    parser.add_argument("--vq-batch", type=int, default=32)
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--grid", type=int, default=8)
+    parser.add_argument("--codebook", type=int, default=512)
+    parser.add_argument("--pretrain-steps", type=int, default=0, help="catalogue pre-training steps before SFT (cached)")
+    parser.add_argument("--pretrain-lr", type=float, default=1e-3)
+    parser.add_argument("--pretrain-instruction", default="Draw this item.")
+    parser.add_argument("--sampling", nargs="+", default=["1.0:0"], help="temperature:top_k pairs to evaluate")
     parser.add_argument("--out", default="benchmarks/genlmm/results")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     load_start = os.getloadavg()
 
     pixels, names, subgroup = catalogue(cache=Path(args.cache) / "emoji32.npy")
-    config = dict(DESIGNS[args.design], vq_train_steps=args.vq_steps)
+    config = dict(DESIGNS[args.design], vq_train_steps=args.vq_steps, vq_batch_size=args.vq_batch,
+                  lmm_image_size=args.image_size, vq_grid=args.grid, vq_codebook_size=args.codebook,
+                  pretrain_steps=args.pretrain_steps, pretrain_learning_rate=args.pretrain_lr,
+                  pretrain_instruction=args.pretrain_instruction)
     core = GenLMMCore(config, pixels, names, cache_dir=Path(args.cache) / "cache")
     seqs = simulate_users(subgroup, n_users=args.users, p_stay=args.p_stay, seed=0)
     train_seqs, test_seqs = seqs[: -args.test_users], seqs[-args.test_users:]
@@ -108,7 +121,8 @@ def main():
     core.eval()
     shuffled = [test_hist[i] for i in torch.randperm(len(test_hist), generator=torch.Generator().manual_seed(1)).tolist()]
     result = {
-        "design": args.design, "config": config, "train_minutes": args.minutes, "steps": step, "batch": args.batch,
+        "design": args.design, "config": config, "train_minutes": args.minutes, "steps": step,
+        "pretrain": core.pretrain_info, "batch": args.batch,
         "train_samples": len(hist), "test_users": len(test_hist), "p_stay": args.p_stay,
         "params_total": count_parameters(core), "params_trainable": count_parameters(core, True),
         "sft_target_tokens_per_s": round(tokens_seen / train_seconds, 1),
@@ -130,15 +144,20 @@ def main():
     result["mean_history_nn_subgroup_top1"] = round((subgroup[top[:, 0]] == tsub).float().mean().item(), 4)
 
     gen_results = {}
-    for g in args.guidance:
+    runs = [(g, float(p.split(":")[0]), int(p.split(":")[1])) for g in args.guidance for p in args.sampling]
+    for g, temperature, top_k in runs:
+        name = f"g={g},T={temperature},k={top_k}"
         t0 = time.time()
         imgs = []
         for i in range(0, len(test_hist), 64):
-            tok = core.generate_tokens(test_hist[i:i + 64], num_samples=args.samples, guidance_scale=g, temperature=1.0,
-                                       top_k=0, top_p=1.0, seed=0)
+            tok = core.generate_tokens(test_hist[i:i + 64], num_samples=args.samples, guidance_scale=g, temperature=temperature,
+                                       top_k=top_k, top_p=1.0, seed=0)
             imgs.append(core.decode(tok))
         gen_seconds = time.time() - t0
         imgs = torch.cat(imgs)  # [U, S, 3, H, W]
+        if imgs.shape[-1] != pixels.shape[-1]:
+            imgs = torch.nn.functional.interpolate(imgs.flatten(0, 1), size=pixels.shape[-2:], mode="bilinear").view(
+                *imgs.shape[:3], *pixels.shape[-2:])
         q = centred_unit(imgs.flatten(0, 1), pixels[1:].mean(0)).view(len(test_hist), args.samples, -1)
         sims = torch.einsum("usd,nd->usn", q, feats)
         nearest = sims.argmax(-1) + 1  # [U, S]
@@ -147,10 +166,10 @@ def main():
         top = scores.topk(10, dim=1).indices + 1
         hit = (top == test_target[:, None]).any(1).float().mean().item()
         uniq = len(set(nearest.flatten().tolist()))
-        gen_results[str(g)] = {"subgroup_match": round(match, 4), "hit10": round(hit, 4),
+        gen_results[name] = {"subgroup_match": round(match, 4), "hit10": round(hit, 4),
                                "distinct_nearest_items": uniq, "images_per_s": round(imgs.shape[0] * args.samples / gen_seconds, 2)}
-        print(g, gen_results[str(g)], flush=True)
-        if g == args.guidance[-1]:
+        print(name, gen_results[name], flush=True)
+        if (g, temperature, top_k) == runs[-1]:
             from PIL import Image
             out = Path(args.out) / f"gallery-{args.design}"
             out.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ import torch
 from PIL import Image, ImageOps
 
 from recbole_gen.data.cache import FeatureCache
+from recbole_gen.utils import config_value
 
 logger = logging.getLogger(__name__)
 
@@ -33,14 +34,6 @@ SHOW = 10  # how many ids/files an error message names before it gives the count
 
 class ItemImageError(ValueError):
     """An item image is missing, unreadable or unexpected; the message names items and files."""
-
-
-def _option(config, key, default):
-    try:
-        value = config[key]
-    except (KeyError, TypeError):
-        value = None
-    return default if value is None else value
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -102,9 +95,9 @@ def read_item_columns(config, columns):
     path = folder / f"{name}.item"
     if not path.is_file():
         return {}, []
-    sep = _option(config, "field_separator", "\t")
-    encoding = _option(config, "encoding", "utf-8")
-    iid = _option(config, "ITEM_ID_FIELD", "item_id")
+    sep = config_value(config, "field_separator", "\t")
+    encoding = config_value(config, "encoding", "utf-8")
+    iid = config_value(config, "ITEM_ID_FIELD", "item_id")
     with open(path, newline="", encoding=encoding) as f:
         reader = csv.reader(f, delimiter=sep, quoting=csv.QUOTE_NONE)
         header = next(reader, [])
@@ -141,12 +134,12 @@ class ItemImageStore:
         self.item_tokens = list(item_tokens)
         self.item_num = len(self.item_tokens)
         self.folder = Path(folder)
-        self.image_size = int(_option(config, "image_size", 32))
-        self.policy = policy or _option(config, "image_policy", "error")
+        self.image_size = int(config_value(config, "image_size", 32))
+        self.policy = policy or config_value(config, "image_policy", "error")
         if self.policy not in POLICIES:
             raise ValueError(f"image_policy must be one of {', '.join(POLICIES)}, not '{self.policy}'")
-        self.fit = _option(config, "image_fit", "pad")
-        self.background = tuple(int(v) for v in _option(config, "image_background", [255, 255, 255]))
+        self.fit = config_value(config, "image_fit", "pad")
+        self.background = tuple(int(v) for v in config_value(config, "image_background", [255, 255, 255]))
         self.paths = paths  # per internal id: Path or None
         self._texts = texts
         self.cache = FeatureCache(cache_dir)
@@ -168,8 +161,8 @@ class ItemImageStore:
     def from_tokens(cls, config, tokens, policy=None):
         """The store for item tokens in row order (``tokens[0]`` is the padding item)."""
         folder = Path(config["data_path"])
-        image_field = _option(config, "image_field", "image")
-        image_dir = _option(config, "image_dir", "images")
+        image_field = config_value(config, "image_field", "image")
+        image_dir = config_value(config, "image_dir", "images")
         text_field = config["item_text_field"] if _has(config, "item_text_field") else None
         wanted = [image_field] + ([text_field] if text_field else list(TEXT_FIELD_CANDIDATES))
         columns, header = read_item_columns(config, wanted)
@@ -228,7 +221,7 @@ class ItemImageStore:
                 f"{config['dataset']}.item (set image_field) nor a folder {folder / image_dir} of "
                 f"<item token>.png files (set image_dir). See docs/data.md."
             )
-        cache_dir = _option(config, "cache_dir", None) or folder / ".cache"
+        cache_dir = config_value(config, "cache_dir", None) or folder / ".cache"
         return cls(config, tokens, paths, texts, folder, cache_dir, problems, policy)
 
     def _load(self):
@@ -383,14 +376,14 @@ def items_without_images(config):
     used by ``create_dataset`` under ``image_policy: skip`` to drop them before RecBole remaps ids.
     Decoded pixels land in the cache, so the store built afterwards decodes nothing again."""
     folder, name = Path(config["data_path"]), config["dataset"]
-    iid = _option(config, "ITEM_ID_FIELD", "item_id")
+    iid = config_value(config, "ITEM_ID_FIELD", "item_id")
     tokens = {}
     for suffix in ("item", "inter"):
         path = folder / f"{name}.{suffix}"
         if not path.is_file():
             continue
-        sep = _option(config, "field_separator", "\t")
-        with open(path, newline="", encoding=_option(config, "encoding", "utf-8")) as f:
+        sep = config_value(config, "field_separator", "\t")
+        with open(path, newline="", encoding=config_value(config, "encoding", "utf-8")) as f:
             reader = csv.reader(f, delimiter=sep, quoting=csv.QUOTE_NONE)
             names = [h.split(":")[0] for h in next(reader, [])]
             if iid not in names:

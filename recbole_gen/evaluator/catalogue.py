@@ -8,16 +8,9 @@ import torch
 
 from recbole_gen.evaluator.encoders import build_image_encoder_from_config
 from recbole_gen.evaluator.index import CatalogueIndex, EmptyCatalogueError
+from recbole_gen.utils import config_value
 
 _CACHE = {}
-
-
-def _config_get(config, key, default=None):
-    try:
-        value = config[key]
-    except KeyError:
-        value = None
-    return default if value is None else value
 
 
 class ImageCatalogue:
@@ -127,15 +120,15 @@ class ImageCatalogue:
         pixels = store.pixels()
         has_image = torch.as_tensor(store.has_image, dtype=torch.bool)
         key = (
-            str(_config_get(config, "dataset")), str(_config_get(config, "data_path")), tuple(pixels.shape),
+            str(config_value(config, "dataset")), str(config_value(config, "data_path")), tuple(pixels.shape),
             repr(sorted((k, str(v)) for k, v in encoder.settings().items())) if encoder.name != "pixel" else "pixel",
-            str(_config_get(config, "eval_encoder_size")), str(_config_get(config, "eval_index", "flat")),
+            str(config_value(config, "eval_encoder_size")), str(config_value(config, "eval_index", "flat")),
         )
         if key in _CACHE:
             return _CACHE[key]
         catalogue = cls.from_pixels(
             pixels, encoder, has_image=has_image, index_config=config,
-            fd_dim=_config_get(config, "eval_fd_dim", 256), cached=getattr(store, "cached", None),
+            fd_dim=config_value(config, "eval_fd_dim", 256), cached=getattr(store, "cached", None),
         )
         logging.getLogger().info(f"image evaluation catalogue: {catalogue.describe()}")
         _CACHE[key] = catalogue

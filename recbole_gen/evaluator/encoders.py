@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recbole_gen.utils import config_value
+
 ENCODERS = {}
 
 
@@ -308,13 +310,8 @@ def build_image_encoder_from_config(config):
     """The evaluation encoder named by config keys ``eval_encoder``, ``eval_encoder_path``,
     ``eval_encoder_model``, ``eval_encoder_size``, ``eval_encoder_batch_size``,
     ``eval_encoder_device`` (``~`` = ``config['device']``) and ``eval_encoder_dtype``."""
-
     def get(key, default=None):
-        try:
-            value = config[key]
-        except KeyError:
-            value = None
-        return default if value is None else value
+        return config_value(config, key, default)
 
     name = get("eval_encoder", "pixel")
     options = {

@@ -80,7 +80,7 @@ def _int(config, key):
 def tiny_janus_config(config, vq_settings):
     """A JanusConfig from the ``lmm_*`` keys; the VQ part matches the catalogue-trained tokenizer."""
     hidden = _int(config, "lmm_hidden_size")
-    size, grid = vq_settings["image_size"], vq_settings["vq_grid"]
+    size, grid = vq_settings["lmm_image_size"], vq_settings["vq_grid"]
     tokenizer = ByteTokenizer()
     text = LlamaConfig(
         vocab_size=tokenizer.vocab_size, hidden_size=hidden, intermediate_size=_int(config, "lmm_intermediate_size"),

@@ -16,6 +16,8 @@ History items enter the prompt in one of three ways (``history_mode``):
 """
 import logging
 import math
+import warnings
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
@@ -25,23 +27,29 @@ from transformers import DynamicCache
 from recbole_gen.model import vq as vqlib
 from recbole_gen.model.backbone import build_backbone
 from recbole_gen.model.decoding import filter_logits, guide, row_generators, sample
+from recbole_gen.model.pretrain import load_or_pretrain
 from recbole_gen.model.prompt import PromptBuilder
 
 logger = logging.getLogger(__name__)
 
+#: name of the LoRA adapter the RL stage trains on top of the (frozen) SFT adapter ``default``
+RL_ADAPTER = "rl"
+
 DEFAULTS = {
-    "lmm_path": None, "dtype": "fp32", "image_size": 32, "history_len": 5, "history_mode": "semantic",
+    "lmm_path": None, "dtype": "fp32", "lmm_image_size": 16, "history_len": 5, "history_mode": "semantic",
     "history_tokens_per_item": 1, "use_titles": False, "max_title_tokens": 16,
     "instruction": "Draw the next item.", "text_loss_weight": 0.0, "cond_dropout": 0.1,
     "lmm_hidden_size": 128, "lmm_intermediate_size": 512, "lmm_num_layers": 4, "lmm_num_heads": 4,
     "lmm_max_position_embeddings": 512, "lmm_vision_hidden_size": 64, "lmm_vision_layers": 1, "lmm_vision_heads": 2,
     "lmm_max_length": None, "truncate_history": False, "base_seed": 2024,
-    "vq_grid": 8, "vq_codebook_size": 512, "vq_embed_dim": 8, "vq_base_channels": 32, "vq_latent_channels": 64,
+    "vq_grid": 4, "vq_codebook_size": 1024, "vq_embed_dim": 8, "vq_base_channels": 32, "vq_latent_channels": 64,
     "vq_train_steps": 1500, "vq_batch_size": 32, "vq_lr": 2e-3, "vq_seed": 0,
     "finetune": "full", "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0,
     "lora_target_modules": r"model\.language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)",
     "lora_modules_to_save": ["model.generation_head", "model.generation_aligner"], "train_vision": False,
     "gradient_checkpointing": False,
+    "pretrain_steps": None, "pretrain_batch_size": 64, "pretrain_learning_rate": 2e-3, "pretrain_seed": 0,
+    "pretrain_instruction": "Draw this item.",
 }
 
 
@@ -55,7 +63,7 @@ class Settings(dict):
                 value = config[key]
             except KeyError:
                 continue
-            if value is not None or key in ("lmm_path", "lmm_max_length"):
+            if value is not None or key in ("lmm_path", "lmm_max_length", "pretrain_steps"):
                 self[key] = value
 
 
@@ -70,7 +78,7 @@ class GenLMMCore(nn.Module):
         if s["lmm_path"]:
             backbone = build_backbone(s, self.vq_settings, s["base_seed"])
         else:
-            vq, self.vq_info = vqlib.load_or_train_vq(item_pixels[1:].float(), self.vq_settings, cache_dir)
+            vq, self.vq_info = vqlib.load_or_train_vq(resized(item_pixels[1:], int(s["lmm_image_size"])), self.vq_settings, cache_dir)
             backbone = build_backbone(s, self.vq_settings, s["base_seed"])
             backbone.model.model.vqmodel.load_state_dict(vq.state_dict())
         self.backbone = backbone
@@ -81,10 +89,8 @@ class GenLMMCore(nn.Module):
         hidden = self.lmm.config.text_config.hidden_size
         dtype = next(self.lmm.parameters()).dtype
 
-        pixels = item_pixels.float()
-        if pixels.shape[-1] != backbone.image_size:
-            pixels = F.interpolate(pixels, size=(backbone.image_size,) * 2, mode="bilinear", antialias=True, align_corners=False)
-        self.register_buffer("item_pixels", pixels.clamp(0, 1), persistent=False)
+        pixels = resized(item_pixels, backbone.image_size)
+        self.register_buffer("item_pixels", pixels, persistent=False)
         self.register_buffer("item_tokens", self._catalogue_tokens(pixels, token_cache), persistent=False)
 
         mode = s["history_mode"]
@@ -106,6 +112,7 @@ class GenLMMCore(nn.Module):
                 lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             else:
                 lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.pretrain_info = load_or_pretrain(self, cache_dir)
 
     # ----------------------------------------------------------------- setup
     @torch.no_grad()
@@ -113,10 +120,7 @@ class GenLMMCore(nn.Module):
         vq = self.lmm.model.vqmodel
 
         def compute(indices, rows):
-            rows = torch.as_tensor(rows).float()
-            if rows.shape[-1] != self.backbone.image_size:
-                rows = F.interpolate(rows, size=(self.backbone.image_size,) * 2, mode="bilinear", antialias=True)
-            return vqlib.encode(vq, rows).numpy()
+            return vqlib.encode(vq, resized(torch.as_tensor(rows), self.backbone.image_size)).numpy()
 
         if token_cache is not None:
             key = dict(self.vq_settings, lmm_path=str(self.settings["lmm_path"]), vq=(self.vq_info or {}).get("key"))
@@ -134,11 +138,9 @@ class GenLMMCore(nn.Module):
             names = ["model.language_model", "lm_head", "model.generation_embeddings", "model.generation_aligner",
                      "model.generation_head", "model.aligner"]
         elif mode == "lora":
-            from peft import LoraConfig, inject_adapter_in_model
+            from peft import inject_adapter_in_model
 
-            lora = LoraConfig(r=int(s["lora_r"]), lora_alpha=int(s["lora_alpha"]), lora_dropout=float(s["lora_dropout"]),
-                              target_modules=s["lora_target_modules"], bias="none")
-            inject_adapter_in_model(lora, self.lmm)
+            inject_adapter_in_model(self._lora_config(), self.lmm)
             names = list(s["lora_modules_to_save"] or [])
         elif mode == "none":
             names = []
@@ -149,6 +151,58 @@ class GenLMMCore(nn.Module):
         for name in names:
             self.lmm.get_submodule(name).requires_grad_(True)
         self.lmm.model.vqmodel.requires_grad_(False)
+        # what a checkpoint holds: everything training may change (the frozen base is rebuilt, not saved)
+        self.saved_parameters = {n for n, p in self.named_parameters() if p.requires_grad}
+
+    def _lora_config(self):
+        from peft import LoraConfig
+
+        s = self.settings
+        return LoraConfig(r=int(s["lora_r"]), lora_alpha=int(s["lora_alpha"]), lora_dropout=float(s["lora_dropout"]),
+                          target_modules=s["lora_target_modules"], bias="none")
+
+    def _adapter_layers(self):
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        return [m for m in self.lmm.modules() if isinstance(m, BaseTunerLayer)]
+
+    @property
+    def has_rl_adapter(self):
+        return any(RL_ADAPTER in layer.active_adapters for layer in self._adapter_layers())
+
+    def add_rl_adapter(self, seed=0):
+        """RL stage with ``finetune: lora``: freeze everything SFT trained and train a fresh LoRA adapter on
+        top of it. The adapter starts at zero (LoRA's B = 0), so the policy starts as the SFT model, and
+        switching it off (:meth:`reference_policy`) is the KL reference without a second copy of the weights."""
+        if self.settings["finetune"] != "lora":
+            raise ValueError("an RL adapter needs finetune: lora")
+        from peft import inject_adapter_in_model
+
+        self.requires_grad_(False)
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")  # a second adapter is the point
+            torch.manual_seed(int(seed))
+            inject_adapter_in_model(self._lora_config(), self.lmm, adapter_name=RL_ADAPTER)
+        for layer in self._adapter_layers():
+            layer.set_adapter(["default", RL_ADAPTER])
+        for name, param in self.named_parameters():
+            param.requires_grad_(f".{RL_ADAPTER}." in name)
+        self.saved_parameters |= {n for n, p in self.named_parameters() if p.requires_grad}
+
+    @contextmanager
+    def reference_policy(self):
+        """This model with the RL adapter switched off: the SFT policy (LoRA RL only)."""
+        layers = self._adapter_layers()
+        trainable = {n: p.requires_grad for n, p in self.named_parameters()}
+        for layer in layers:
+            layer.set_adapter(["default"])
+        try:
+            yield self
+        finally:
+            for layer in layers:
+                layer.set_adapter(["default", RL_ADAPTER])
+            for name, param in self.named_parameters():  # set_adapter also flips requires_grad
+                param.requires_grad_(trainable[name])
 
     # --------------------------------------------------------------- prompts
     def histories(self, item_seq, item_len, drop=None):
@@ -178,9 +232,9 @@ class GenLMMCore(nn.Module):
         pixels = (self.item_pixels[items] * 2 - 1).to(next(self.lmm.model.vision_model.parameters()).dtype)
         return self.lmm.model.get_image_features(pixel_values=pixels).pooler_output
 
-    def prompt_embeds(self, histories):
+    def prompt_embeds(self, histories, prompt=None):
         device = self.item_tokens.device
-        ids, mask = self.prompt.batch(histories, device)
+        ids, mask = (prompt or self.prompt).batch(histories, device)
         embeds = self.lmm.get_input_embeddings()(ids)
         flat = [i for items in histories for i in items]
         if flat:
@@ -196,34 +250,50 @@ class GenLMMCore(nn.Module):
                                              cache=cache, use_cache=cache is not None)
 
     # ------------------------------------------------------------------ loss
-    def loss(self, histories, targets, reduction="mean"):
-        """SFT cross-entropy on the target items' image tokens (+ ``text_loss_weight`` x title CE).
-
-        ``reduction='none'`` returns the mean image-token CE per row (used to compare histories)."""
-        embeds, mask = self.prompt_embeds(histories)
-        target_tokens = self.item_tokens[targets]
-        target_embeds = self.lmm.prepare_embeddings_for_image_generation(target_tokens).to(embeds.dtype)
-        text_weight = float(self.settings["text_loss_weight"])
-        pieces, masks = [embeds, target_embeds[:, :-1]], [mask, torch.ones_like(target_tokens[:, :-1])]
-        if text_weight:
-            text_ids, text_mask = self.prompt.target_text(targets.tolist(), embeds.device)
-            pieces[1] = target_embeds
-            masks[1] = torch.ones_like(target_tokens)
+    def image_logits(self, histories, tokens, text=None, prompt=None):
+        """Teacher-forced logits ``[N, T, V]`` of image ``tokens [N, T]`` after each history's prompt: one
+        forward pass in the layout of decoding (left-padded prompt, then the image tokens). With ``text``
+        (``(ids, mask)`` of ``PromptBuilder.target_text``) after the image, also the LM-head logits of that text.
+        ``prompt``: another :class:`PromptBuilder` (the catalogue pre-training's instruction)."""
+        embeds, mask = self.prompt_embeds(histories, prompt)
+        image = self.lmm.prepare_embeddings_for_image_generation(tokens).to(embeds.dtype)
+        pieces, masks = [embeds, image[:, :-1]], [mask, torch.ones_like(tokens[:, :-1])]
+        if text is not None:
+            text_ids, text_mask = text
+            pieces[1], masks[1] = image, torch.ones_like(tokens)
             pieces.append(self.lmm.get_input_embeddings()(text_ids[:, :-1]))
             masks.append(text_mask[:, :-1])
         hidden = self._lm(torch.cat(pieces, 1), torch.cat(masks, 1)).last_hidden_state
-        start, count = embeds.shape[1] - 1, target_tokens.shape[1]
+        start, count = embeds.shape[1] - 1, tokens.shape[1]
         logits = self.lmm.model.generation_head(hidden[:, start:start + count]).float()
+        text_logits = self.lmm.lm_head(hidden[:, start + count:]).float() if text is not None else None
+        return logits, text_logits
+
+    def loss(self, histories, targets, reduction="mean", prompt=None):
+        """SFT cross-entropy on the target items' image tokens (+ ``text_loss_weight`` x title CE).
+
+        ``reduction='none'`` returns the mean image-token CE per row (used to compare histories)."""
+        target_tokens = self.item_tokens[targets]
+        text_weight = float(self.settings["text_loss_weight"])
+        text = self.prompt.target_text(targets.tolist(), target_tokens.device) if text_weight else None
+        logits, text_logits = self.image_logits(histories, target_tokens, text, prompt)
         ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target_tokens.reshape(-1), reduction="none").view(len(targets), -1)
         if reduction == "none":
             return ce.mean(1)
         loss = ce.mean()
         if text_weight:
-            text_logits = self.lmm.lm_head(hidden[:, start + count:]).float()
+            text_ids, text_mask = text
             text_ce = F.cross_entropy(text_logits.reshape(-1, text_logits.shape[-1]), text_ids.reshape(-1), reduction="none")
-            text_ce = (text_ce * text_mask.reshape(-1)).sum() / text_mask.sum()
-            loss = loss + text_weight * text_ce
+            loss = loss + text_weight * (text_ce * text_mask.reshape(-1)).sum() / text_mask.sum()
         return loss
+
+    def token_logprobs(self, histories, tokens, temperature=1.0):
+        """Log-probabilities ``[N, T]`` of given image ``tokens [N, T]`` at ``temperature`` and the policy's
+        entropy at each position ``[N, T]`` (the RL stage's policy and reference scores)."""
+        logits, _ = self.image_logits(histories, tokens)
+        logp_all = (logits / float(temperature)).log_softmax(-1)
+        logp = logp_all.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+        return logp, -(logp_all.exp() * logp_all).sum(-1)
 
     # ------------------------------------------------------------ generation
     @torch.no_grad()
@@ -236,7 +306,7 @@ class GenLMMCore(nn.Module):
         prompts = rows + [[] for _ in rows] if guided else rows
         embeds, mask = self.prompt_embeds(prompts)
         n, steps = len(rows), self.num_image_tokens
-        generators = row_generators(seed, sample_index)
+        generators = row_generators(seed, rows, sample_index)
         tokens = torch.zeros((n, steps), dtype=torch.long, device=embeds.device)
         cache = DynamicCache(config=self.lmm.config.text_config) if use_cache else None
         position = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -266,13 +336,21 @@ class GenLMMCore(nn.Module):
         return vqlib.decode(self.lmm.model.vqmodel, flat).view(*tokens.shape[:-1], 3, self.backbone.image_size, self.backbone.image_size)
 
     # ----------------------------------------------------------- checkpoints
-    def trainable_state_dict(self):
-        names = {n for n, p in self.named_parameters() if p.requires_grad}
-        return {k: v for k, v in super().state_dict().items() if k in names}
+    def saved_state_dict(self):
+        """The parameters training may change (``saved_parameters``); the rest is rebuilt on load."""
+        return {k: v for k, v in super().state_dict().items() if k in self.saved_parameters}
 
     def base_info(self):
         return {"lmm_path": self.settings["lmm_path"], "base_seed": self.settings["base_seed"],
-                "finetune": self.settings["finetune"], "vq": self.vq_info}
+                "finetune": self.settings["finetune"], "vq": self.vq_info, "pretrain": self.pretrain_info}
+
+
+def resized(pixels, size):
+    """Pixels ``[N, 3, S, S]`` in [0, 1] at ``size`` x ``size`` (antialiased bilinear), float32."""
+    pixels = pixels.float()
+    if pixels.shape[-1] != size:
+        pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return pixels.clamp(0, 1)
 
 
 def count_parameters(module, trainable_only=False):

@@ -1,14 +1,22 @@
 """Sampling one image token at a time: guidance, temperature, top-k / top-p, per-row seeded noise.
 
-Each row of a batch draws its noise from its own ``torch.Generator`` (seeded from the run seed and the
-row's sample index), so an image depends on the seed, the sample index and the user's history only:
-not on which other users share the batch or on their order.
+Each row of a batch draws its noise from its own ``torch.Generator``, seeded from the run seed, the
+row's history and its sample index: an image depends on these only, not on which other users share
+the batch or on their order, and two users never share a noise stream unless their histories are equal.
 """
+import hashlib
+
 import torch
 
 
-def row_generators(seed, sample_index, device="cpu"):
-    return [torch.Generator(device=device).manual_seed(int(seed) * 1_000_003 + int(s)) for s in sample_index]
+def row_seed(seed, history, sample_index):
+    """A 63-bit seed for one (run seed, history, sample index) triple."""
+    key = f"{int(seed)}|{int(sample_index)}|{','.join(str(int(i)) for i in history)}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+
+
+def row_generators(seed, histories, sample_index, device="cpu"):
+    return [torch.Generator(device=device).manual_seed(row_seed(seed, h, s)) for h, s in zip(histories, sample_index)]
 
 
 def guide(cond, uncond, guidance_scale):

@@ -20,14 +20,12 @@ import torch
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
-from recbole_gen.model.core import GenLMMCore, count_parameters
+from recbole_gen.model.core import RL_ADAPTER, GenLMMCore, count_parameters
+from recbole_gen.utils import config_value
 
 
 def _cache_dir(config):
-    try:
-        folder = config["cache_dir"]
-    except KeyError:
-        folder = None
+    folder = config_value(config, "cache_dir")
     return Path(folder) if folder else Path(config["data_path"]) / ".cache"
 
 
@@ -56,16 +54,18 @@ class GenLMM(SequentialRecommender):
         self.store = ItemImageStore.from_dataset(config, dataset)
         self.core = GenLMMCore(config, self.store.pixels(), self.store.item_texts(), cache_dir=_cache_dir(config),
                                token_cache=self.store.cached)
+        if str(config_value(config, "stage", "")).lower() == "rl" and self.core.settings["finetune"] == "lora":
+            self.core.add_rl_adapter(seed=int(config_value(config, "rl_seed", 0)))
         s = self.core.settings
-        self.num_samples = int(config["num_samples"] or 1)
+        self.num_samples = int(config_value(config, "num_samples", 1))
         self.generation_kwargs = {
-            "guidance_scale": float(config["guidance_scale"] or 0.0),
-            "temperature": float(config["temperature"] if config["temperature"] is not None else 1.0),
-            "top_k": int(config["top_k"] or 0), "top_p": float(config["top_p"] if config["top_p"] is not None else 1.0),
-            "use_cache": bool(config["use_kv_cache"] if config["use_kv_cache"] is not None else True),
+            "guidance_scale": float(config_value(config, "guidance_scale", 0.0)),
+            "temperature": float(config_value(config, "temperature", 0.7)),
+            "top_k": int(config_value(config, "top_k", 0)), "top_p": float(config_value(config, "top_p", 1.0)),
+            "use_cache": bool(config_value(config, "use_kv_cache", True)),
         }
-        self.generation_seed = int(config["generation_seed"] if config["generation_seed"] is not None else 0)
-        self.generation_batch_size = int(config["generation_batch_size"] or 64)
+        self.generation_seed = int(config_value(config, "generation_seed", 0))
+        self.generation_batch_size = int(config_value(config, "generation_batch_size", 64))
         self.cond_dropout = float(s["cond_dropout"])
         self._dataset = dataset
         self._catalogue = None
@@ -139,11 +139,13 @@ class GenLMM(SequentialRecommender):
         trained LMM parts (``full``), plus the history projection. The frozen base is rebuilt from
         ``lmm_path`` (or, for the tiny model, from ``base_seed``) and the VQ from the dataset cache."""
         prefix = kwargs.get("prefix", "")
-        return {prefix + "core." + k: v for k, v in self.core.trainable_state_dict().items()}
+        return {prefix + "core." + k: v for k, v in self.core.saved_state_dict().items()}
 
     def load_state_dict(self, state_dict, strict=True, assign=False):
-        expected = {"core." + k for k in self.core.trainable_state_dict()}
+        expected = {"core." + k for k in self.core.saved_state_dict()}
         given = set(state_dict)
+        if self.core.has_rl_adapter and not any(f".{RL_ADAPTER}." in k for k in given):
+            expected = {k for k in expected if f".{RL_ADAPTER}." not in k}  # an SFT checkpoint under a fresh RL adapter
         if strict and (expected - given or given - expected):
             missing, unexpected = sorted(expected - given)[:5], sorted(given - expected)[:5]
             raise RuntimeError(f"GenLMM checkpoint does not match this configuration (finetune="
@@ -163,6 +165,9 @@ class GenLMM(SequentialRecommender):
                 raise RuntimeError(f"checkpoint was trained with {key}={saved.get(key)!r}, this model has {now.get(key)!r}")
         if (saved.get("vq") or {}).get("key") != (now.get("vq") or {}).get("key"):
             raise RuntimeError("checkpoint was trained with a different image tokenizer (VQ settings or catalogue changed)")
+        if (saved.get("pretrain") or {}).get("key") != (now.get("pretrain") or {}).get("key"):
+            raise RuntimeError("checkpoint was trained after a different catalogue pre-training (pretrain_* settings, "
+                               "model settings or catalogue changed)")
 
     # --------------------------------------------------------- public API
     def user_history(self, user):

@@ -8,6 +8,8 @@ and the target image's tokens follow the final ``<begin_of_image>``. The uncondi
 classifier-free guidance (and by ``cond_dropout`` in training) is the same with no history items.
 Rows are left-padded so every prompt ends at the same position and generation is batched.
 """
+import copy
+
 import torch
 
 
@@ -25,12 +27,21 @@ class PromptBuilder:
         self.slot = special["<image_placeholder>"]
         self.sep = special.get("<sep>")
         self.tokens_per_item = int(tokens_per_item)
-        self.head = [self.bos] + tokenizer.encode(instruction) if instruction else [self.bos]
+        self.head = self._head(instruction)
         self.use_titles = bool(use_titles) and item_texts is not None
         self.max_title_tokens = int(max_title_tokens)
         self.titles = None
         if item_texts is not None:
             self.titles = [tokenizer.encode(text)[: self.max_title_tokens] if text else [] for text in item_texts]
+
+    def with_instruction(self, instruction):
+        """The same layout after another instruction (the catalogue pre-training's prompt)."""
+        other = copy.copy(self)
+        other.head = self._head(instruction)
+        return other
+
+    def _head(self, instruction):
+        return [self.bos] + self.tokenizer.encode(instruction) if instruction else [self.bos]
 
     def item_ids(self, item):
         ids = [self.boi] + [self.slot] * self.tokens_per_item + [self.eoi]

@@ -9,11 +9,7 @@ unit vectors = cosine ranking) and ``decode`` agree with training.
 
 Pixels are ``[N, 3, S, S]`` floats in ``[0, 1]``; the VQ works in ``[-1, 1]`` as Janus does.
 """
-import hashlib
-import json
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,10 +18,12 @@ import torch
 import torch.nn.functional as F
 from transformers import JanusVQVAE, JanusVQVAEConfig
 
+from recbole_gen.model.artifacts import cache_key, load_or_build
+
 logger = logging.getLogger(__name__)
 
 #: settings that define the tiny VQ (also the tiny Janus's ``vq_config``); see properties/model/GenLMM.yaml
-VQ_KEYS = ("image_size", "vq_grid", "vq_codebook_size", "vq_embed_dim", "vq_base_channels", "vq_latent_channels",
+VQ_KEYS = ("lmm_image_size", "vq_grid", "vq_codebook_size", "vq_embed_dim", "vq_base_channels", "vq_latent_channels",
            "vq_train_steps", "vq_batch_size", "vq_lr", "vq_seed")
 
 
@@ -40,10 +38,10 @@ def vq_settings(config):
 
 
 def build_vq_config(settings, image_token_embed_dim=64, projection_dim=64):
-    size, grid = settings["image_size"], settings["vq_grid"]
+    size, grid = settings["lmm_image_size"], settings["vq_grid"]
     downs = int(round(np.log2(size // grid)))
     if 2 ** downs * grid != size:
-        raise ValueError(f"image_size {size} must be vq_grid {grid} times a power of two")
+        raise ValueError(f"lmm_image_size {size} must be vq_grid {grid} times a power of two")
     if settings["vq_base_channels"] % 32:
         raise ValueError(f"vq_base_channels must be a multiple of 32 (GroupNorm), got {settings['vq_base_channels']}")
     return JanusVQVAEConfig(
@@ -146,42 +144,20 @@ def reconstruction_accuracy(vq, pixels, batch_size=256):
     return hits / len(pixels)
 
 
-def catalogue_hash(pixels):
-    array = np.ascontiguousarray((pixels.float().numpy() * 255).round().astype(np.uint8))
-    return hashlib.sha256(array.tobytes()).hexdigest()[:16]
-
-
-def cache_key(settings, pixels):
-    blob = json.dumps(settings, sort_keys=True) + catalogue_hash(pixels)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
 def load_or_train_vq(pixels, settings, cache_dir):
-    """The trained VQ for this catalogue and these settings, from ``cache_dir`` or trained now and cached.
+    """The trained VQ for this catalogue and these settings, from ``cache_dir/genlmm_vq`` or trained now and cached.
 
     ``pixels`` has no padding row. Returns ``(vq, info)``; ``info`` holds the cache key, the build time and
     the reconstruction accuracy measured when it was built.
     """
-    key = cache_key(settings, pixels)
-    folder = Path(cache_dir) / "genlmm_vq"
-    weights, meta = folder / f"vq-{key}.pt", folder / f"vq-{key}.json"
-    if weights.is_file() and meta.is_file():
-        vq = JanusVQVAE(build_vq_config(settings))
-        vq.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        vq.eval().requires_grad_(False)
-        return vq, json.loads(meta.read_text())
-    logger.info(f"training the GenLMM image tokenizer on {len(pixels)} catalogue images (cached as {weights})")
-    start = time.time()
-    vq = train_vq(pixels, settings)
-    build = time.time() - start
-    info = {"key": key, "settings": settings, "items": len(pixels), "build_seconds": round(build, 1),
-            "nn_accuracy": reconstruction_accuracy(vq, pixels)}
-    logger.info(f"VQ built in {build:.0f}s; reconstruction nearest-neighbour accuracy {info['nn_accuracy']:.3f}")
-    folder.mkdir(parents=True, exist_ok=True)
-    for path, write in ((weights, lambda f: torch.save(vq.state_dict(), f)),
-                        (meta, lambda f: f.write(json.dumps(info, indent=1).encode()))):
-        handle, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-        with os.fdopen(handle, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    return vq, info
+    def build():
+        vq = train_vq(pixels, settings)
+        accuracy = reconstruction_accuracy(vq, pixels)
+        logger.info(f"VQ reconstruction nearest-neighbour accuracy {accuracy:.3f}")
+        return vq.state_dict(), {"settings": settings, "items": len(pixels), "nn_accuracy": accuracy}
+
+    state, info = load_or_build(Path(cache_dir) / "genlmm_vq", "vq", cache_key(settings, pixels), build,
+                                f"the GenLMM image tokenizer on {len(pixels)} catalogue images")
+    vq = JanusVQVAE(build_vq_config(settings))
+    vq.load_state_dict(state)
+    return vq.eval().requires_grad_(False), info

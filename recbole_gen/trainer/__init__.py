@@ -1,5 +1,14 @@
-"""Trainers for recbole-gen's models, found as ``<Model>Trainer`` by ``recbole_gen.utils.get_trainer``."""
-from recbole_gen.trainer.genlmm import GenLMMTrainer
-from recbole_gen.trainer.rl import GenLMMRLTrainer
+"""Trainers for recbole-gen's models, found as ``<Model>Trainer`` by ``recbole_gen.utils.get_trainer``.
 
-__all__ = ["GenLMMTrainer", "GenLMMRLTrainer"]
+Imported on first use, so that running a RecBole model (SASRec...) never imports transformers."""
+import importlib
+
+_TRAINERS = {"GenLMMTrainer": "recbole_gen.trainer.genlmm", "GenLMMRLTrainer": "recbole_gen.trainer.rl"}
+
+__all__ = sorted(_TRAINERS)
+
+
+def __getattr__(name):
+    if name in _TRAINERS:
+        return getattr(importlib.import_module(_TRAINERS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

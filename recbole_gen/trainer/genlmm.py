@@ -19,25 +19,18 @@ from torch.nn.utils import clip_grad_norm_
 from tqdm import tqdm
 
 from recbole_gen.model.core import lr_lambda
-
-
-def _get(config, key, default):
-    try:
-        value = config[key]
-    except KeyError:
-        return default
-    return default if value is None else value
+from recbole_gen.utils import config_value
 
 
 class GenLMMTrainer(Trainer):
     def __init__(self, config, model):
         super().__init__(config, model)
-        self.accumulation = max(1, int(_get(config, "gradient_accumulation_steps", 1)))
-        self.grad_clip = float(_get(config, "grad_clip", 0.0))
-        self.warmup_steps = int(_get(config, "warmup_steps", 0))
-        self.schedule = str(_get(config, "lr_scheduler", "constant"))
-        self.max_train_seconds = float(_get(config, "max_train_minutes", 0)) * 60
-        self.log_every = int(_get(config, "log_every_steps", 50))
+        self.accumulation = max(1, int(config_value(config, "gradient_accumulation_steps", 1)))
+        self.grad_clip = float(config_value(config, "grad_clip", 0.0))
+        self.warmup_steps = int(config_value(config, "warmup_steps", 0))
+        self.schedule = str(config_value(config, "lr_scheduler", "constant"))
+        self.max_train_seconds = float(config_value(config, "max_train_minutes", 0)) * 60
+        self.log_every = int(config_value(config, "log_every_steps", 50))
         self.global_step = 0
         self.scheduler = None
         self.budget_exhausted = False

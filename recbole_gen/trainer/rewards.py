@@ -140,21 +140,36 @@ def load_recommender(path, dataset, device="cpu"):
     return RecommenderScorer(model.to(device), str(path))
 
 
+def recommender_config(config, seed=0):
+    """The on-demand SASRec's config: every setting the user gave the GenLMM run (dataset, fields, filters,
+    split, ``MAX_ITEM_LIST_LENGTH``...) except GenLMM's own model keys, so it reads the same data; SASRec's
+    defaults (CE loss) for the model."""
+    import yaml
+
+    from recbole_gen.config import Config
+    from recbole_gen.utils import properties_dirs
+
+    genlmm_keys = {"model"}
+    for folder in properties_dirs():
+        layer = folder / "model" / "GenLMM.yaml"
+        if layer.is_file():
+            genlmm_keys |= set(yaml.safe_load(layer.read_text()) or {})
+    inherited = {k: v for k, v in config.external_config_dict.items() if k not in genlmm_keys and not k.startswith("rl_")}
+    return Config(model="SASRec", dataset=config["dataset"], config_dict={
+        **inherited, "loss_type": "CE", "train_neg_sample_args": None, "device": "cpu", "show_progress": False,
+        "seed": int(seed),
+    })
+
+
 def train_recommender(config, train_data, epochs=5, seed=0, save_dir=None):
-    """Train a small SASRec (CE loss) on GenLMM's own training split when no
-    ``reward_recommender_file`` is given; saved RecBole-style to ``save_dir`` for reuse."""
+    """Train a SASRec (CE loss) on GenLMM's own training split when no ``reward_recommender_file`` is
+    given; saved RecBole-style to ``save_dir`` for reuse."""
     import os
 
     from recbole.model.sequential_recommender import SASRec
     from recbole.utils import get_local_time
 
-    from recbole_gen.config import Config
-
-    rconfig = Config(model="SASRec", dataset=config["dataset"], config_dict={
-        "data_path": config["data_path"], "MAX_ITEM_LIST_LENGTH": config["MAX_ITEM_LIST_LENGTH"],
-        "train_neg_sample_args": None, "loss_type": "CE", "hidden_size": 64, "inner_size": 128, "n_layers": 2,
-        "n_heads": 2, "device": "cpu", "show_progress": False, "seed": int(seed),
-    })
+    rconfig = recommender_config(config, seed)
     dataset = train_data._dataset
     started = time.time()
     with torch.random.fork_rng(devices=[]):

@@ -10,8 +10,10 @@ One step (:meth:`GenLMMRLTrainer._rl_step`):
 3. rewards (:mod:`recbole_gen.trainer.rewards`) and group-normalised advantages
    ``(r - mean_group) / std_group`` (0 for a constant group);
 4. ``rl_inner_epochs`` updates of the clipped policy-gradient loss on the sampled image tokens'
-   log-probabilities plus ``rl_kl_coef`` x KL(policy || reference), the reference being the frozen
-   SFT weights loaded from ``init_from``.
+   log-probabilities plus ``rl_kl_coef`` x KL(policy || reference), the reference being the SFT model
+   loaded from ``init_from``. With ``finetune: lora`` the RL stage trains a fresh LoRA adapter over the
+   frozen SFT adapter and the reference is the same model with that adapter switched off
+   (:meth:`GenLMMCore.reference_policy`); with ``finetune: full`` it is a frozen copy of the SFT weights.
 
 The policy's log-probabilities are those of the conditional model at the rollout temperature
 (``log_softmax(logits / rl_temperature)``); with guidance or top-k/top-p in the rollouts the samples
@@ -19,6 +21,7 @@ come from a slightly different distribution than the one scored (documented in d
 Rollouts and updates run with the model in eval mode (no dropout), so the first inner epoch's
 ratio is exactly 1.
 """
+import contextlib
 import copy
 import math
 import os
@@ -29,6 +32,7 @@ from recbole.utils import set_color
 
 from recbole_gen.trainer.genlmm import GenLMMTrainer
 from recbole_gen.trainer.rewards import COMPONENTS, Rollout, RewardSet, load_recommender, reward_catalogue, train_recommender
+from recbole_gen.utils import config_value
 
 RL_DEFAULTS = {
     "init_from": None,                 # SFT checkpoint (.pth) loaded before RL; also the KL reference
@@ -70,14 +74,7 @@ class RLDivergenceError(RuntimeError):
 
 def rl_settings(config):
     """Every RL key with its default (``RL_DEFAULTS``) for keys the config does not set."""
-    out = {}
-    for key, default in RL_DEFAULTS.items():
-        try:
-            value = config[key]
-        except KeyError:
-            value = None
-        out[key] = default if value is None else value
-    return out
+    return {key: config_value(config, key, default) for key, default in RL_DEFAULTS.items()}
 
 
 # --------------------------------------------------------------------------- the loss, piece by piece
@@ -114,26 +111,6 @@ def kl_penalty(logp, ref_logp):
     return torch.exp(d) - d - 1
 
 
-def sequence_logprobs(core, histories, tokens, temperature=1.0):
-    """Log-probabilities ``[N, T]`` of given image ``tokens [N, T]`` after each prompt (``histories``: N
-    lists of internal item ids) under ``core`` (a :class:`~recbole_gen.model.core.GenLMMCore`), at
-    ``temperature``; and the policy's entropy at each position ``[N, T]``. Teacher-forced, one forward
-    pass, the same layout as the SFT loss and decoding (left-padded prompt, then the image tokens)."""
-    embeds, mask = core.prompt_embeds(histories)
-    image = core.lmm.prepare_embeddings_for_image_generation(tokens).to(embeds.dtype)
-    inputs = torch.cat([embeds, image[:, :-1]], 1)
-    full_mask = torch.cat([mask, torch.ones_like(tokens[:, :-1])], 1)
-    positions = (full_mask.cumsum(-1) - 1).clamp(min=0)
-    hidden = core.lmm.model.language_model(inputs_embeds=inputs, attention_mask=full_mask, position_ids=positions,
-                                           use_cache=False).last_hidden_state
-    start = embeds.shape[1] - 1
-    logits = core.lmm.model.generation_head(hidden[:, start:start + tokens.shape[1]]).float() / float(temperature)
-    logp_all = logits.log_softmax(-1)
-    logp = logp_all.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    entropy = -(logp_all.exp() * logp_all).sum(-1)
-    return logp, entropy
-
-
 # --------------------------------------------------------------------------- the trainer
 class GenLMMRLTrainer(GenLMMTrainer):
     """GRPO-style RL for GenLMM after SFT; RecBole's trainer contract (``fit``/``evaluate``/checkpoints)."""
@@ -152,8 +129,8 @@ class GenLMMRLTrainer(GenLMMTrainer):
         elif config["stage"] and str(config["stage"]).lower() == "rl":
             self.logger.warning(set_color("stage=rl without init_from: RL starts from (and is leashed to) an untrained "
                                           "GenLMM", "yellow"))
-        # the KL reference: a frozen copy of the policy as loaded (= the SFT weights)
-        self.reference = copy.deepcopy(model.core).eval().requires_grad_(False)
+        # the KL reference: LoRA switches the RL adapter off; full fine-tuning keeps a frozen copy of the SFT weights
+        self.reference = None if model.core.has_rl_adapter else copy.deepcopy(model.core).eval().requires_grad_(False)
         self.optimizer = self._build_optimizer(learning_rate=float(self.rl["rl_learning_rate"]))
         self.rl_step = 0
         self.rl_history = []          # one dict of logged scalars per step
@@ -218,11 +195,12 @@ class GenLMMRLTrainer(GenLMMTrainer):
         flat_histories = [h for h in histories for _ in range(G)]
         flat_tokens = tokens.reshape(B * G, -1)
         with torch.no_grad():
-            old_logp, _ = sequence_logprobs(core, flat_histories, flat_tokens, temperature)
-            ref_logp, _ = sequence_logprobs(self.reference, flat_histories, flat_tokens, temperature)
+            old_logp, _ = core.token_logprobs(flat_histories, flat_tokens, temperature)
+            with self.reference_policy() as reference:
+                ref_logp, _ = reference.token_logprobs(flat_histories, flat_tokens, temperature)
         params = [p for p in self.model.parameters() if p.requires_grad]
         for _ in range(max(1, int(rl["rl_inner_epochs"]))):
-            logp, entropy = sequence_logprobs(core, flat_histories, flat_tokens, temperature)
+            logp, entropy = core.token_logprobs(flat_histories, flat_tokens, temperature)
             pg_loss, clip_fraction = clipped_policy_loss(logp, old_logp, advantages, float(rl["rl_clip_eps"]))
             kl = kl_penalty(logp, ref_logp).mean()
             loss = pg_loss + float(rl["rl_kl_coef"]) * kl
@@ -240,6 +218,12 @@ class GenLMMRLTrainer(GenLMMTrainer):
                "clip_fraction": clip_fraction.item(), "step_seconds": time.time() - started}
         self.rl_history.append(log)
         return log
+
+    def reference_policy(self):
+        """Context manager yielding the KL reference (a GenLMMCore): the SFT policy."""
+        if self.reference is None:
+            return self.model.core.reference_policy()
+        return contextlib.nullcontext(self.reference)
 
     def _diverged(self, what):
         where = (f"the last good checkpoint is {self.last_good_checkpoint} (step {self._last_good_step})"

@@ -1,0 +1,58 @@
+"""Once-per-catalogue training results (the tiny image tokenizer, the catalogue pre-training), cached on disk.
+
+Each artifact is ``<folder>/<prefix>-<key>.pt`` (a state dict) plus ``<prefix>-<key>.json`` (how and when it
+was built); the key hashes the settings that define it and the catalogue's pixels, so a changed setting or
+catalogue builds a new one and an unchanged one is reused by every later run. Both files are written
+atomically: an interrupted build leaves nothing that a later run could mistake for a finished one.
+"""
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+def catalogue_hash(pixels):
+    array = np.ascontiguousarray((pixels.float().numpy() * 255).round().astype(np.uint8))
+    return hashlib.sha256(array.tobytes()).hexdigest()[:16]
+
+
+def cache_key(settings, pixels):
+    blob = json.dumps(settings, sort_keys=True, default=str) + catalogue_hash(pixels)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _write_atomically(path, write):
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(handle, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_or_build(folder, prefix, key, build, what):
+    """``(state_dict, info)`` of artifact ``key`` from ``folder``, or ``build() -> (state_dict, info)`` now and
+    cached. ``info`` gains ``key`` and ``build_seconds``; ``what`` names the artifact in the log."""
+    folder = Path(folder)
+    weights, meta = folder / f"{prefix}-{key}.pt", folder / f"{prefix}-{key}.json"
+    if weights.is_file() and meta.is_file():
+        return torch.load(weights, map_location="cpu", weights_only=True), json.loads(meta.read_text())
+    logger.info(f"building {what} (cached as {weights})")
+    start = time.time()
+    state, info = build()
+    info = {"key": key, **info, "build_seconds": round(time.time() - start, 1)}
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in state.items()}
+    _write_atomically(weights, lambda f: torch.save(state, f))
+    _write_atomically(meta, lambda f: f.write(json.dumps(info, indent=1, default=str).encode()))
+    return state, info
