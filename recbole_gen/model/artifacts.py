@@ -29,6 +29,13 @@ def cache_key(settings, pixels):
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def progress(done, total, start):
+    """``"done/total, 12s elapsed, ETA 1m05s"`` for the log lines of a long build."""
+    elapsed = time.time() - start
+    left = elapsed / max(done, 1) * (total - done)
+    return f"{done}/{total}, {elapsed:.0f}s elapsed, ETA {int(left // 60)}m{int(left % 60):02d}s"
+
+
 def _write_atomically(path, write):
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     try:

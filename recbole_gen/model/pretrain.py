@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from recbole_gen.model.artifacts import cache_key, load_or_build
+from recbole_gen.model.artifacts import cache_key, load_or_build, progress
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def pretrain(core, steps, batch_size, learning_rate, seed, instruction, log_ever
             schedule.step()
             losses.append(loss.item())
             if log_every and (step + 1) % log_every == 0:
-                logger.info(f"catalogue pre-training step {step + 1}/{steps}: loss {loss.item():.4f}, {time.time() - start:.0f}s")
+                logger.info(f"catalogue pre-training step {progress(step + 1, steps, start)}: loss {loss.item():.4f}")
     finally:
         core.train(was_training)
     tail = losses[-max(1, steps // 10):]

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from transformers import JanusVQVAE, JanusVQVAEConfig
 
-from recbole_gen.model.artifacts import cache_key, load_or_build
+from recbole_gen.model.artifacts import cache_key, load_or_build, progress
 
 logger = logging.getLogger(__name__)
 
@@ -95,8 +95,9 @@ def train_vq(pixels, settings, log_every=200):
                 with torch.no_grad():
                     codebook[dead] = flat.detach()[pick] + 0.01 * torch.randn(len(dead), flat.shape[1], generator=generator)
                 usage[dead] = 1.0
-        if log_every and step % log_every == 0:
-            logger.info(f"VQ step {step}: loss {loss.item():.4f}, live codes {(usage > 0.01).sum().item()}, {time.time() - start:.0f}s")
+        if log_every and (step + 1) % log_every == 0:
+            logger.info(f"VQ step {progress(step + 1, settings['vq_train_steps'], start)}: loss {loss.item():.4f}, "
+                        f"live codes {(usage > 0.01).sum().item()}")
     with torch.no_grad():
         codebook.copy_(F.normalize(codebook, dim=1))
     vq.eval().requires_grad_(False)
