@@ -107,3 +107,21 @@ def test_save_pretrained_janus_loads_through_lmm_path(emoji64, vq_cache, tmp_pat
 def test_missing_lmm_path_is_a_clear_error(emoji64, vq_cache, tmp_path):
     with pytest.raises(FileNotFoundError, match="lmm_path"):
         make_core(emoji64, vq_cache, lmm_path=str(tmp_path / "nowhere"))
+
+
+def test_rl_stage_from_the_command_line(data_path, full_run, tmp_path):
+    """Stage 2 as a user types it: run_recbole --stage=rl --init_from=<the SFT checkpoint>."""
+    import yaml
+
+    from recbole_gen.cli import run_recbole_main
+
+    config = recbole_config(data_path, cache_dir=str(tmp_path / "cache"))
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
+    saved = tmp_path / "saved"
+    code = run_recbole_main(["--model=GenLMM", "--dataset=gtiny", f"--config_files={tmp_path / 'tiny.yaml'}",
+                             "--stage=rl", f"--init_from={full_run['model_file']}", "--rl_steps=2", "--rl_batch_size=4",
+                             "--rl_group_size=2", "--rl_recommender_weight=0", f"--checkpoint_dir={saved}"])
+    assert code in (0, None)
+    checkpoint = load_checkpoint(next(saved.glob("GenLMM-*.pth")))
+    assert checkpoint["rl"]["step"] == 2 and checkpoint["rl"]["init_from"] == full_run["model_file"]
+    assert checkpoint["config"]["stage"] == "rl"

@@ -1,6 +1,7 @@
 """SFT vs SFT+RL for GenLMM on emoji-seq (tiny default model), written to benchmarks/rl/.
 
-    .venv/bin/python benchmarks/rl/bench.py [--users 1000] [--sft-minutes 3] [--rl-steps 60] [--vq-steps 400]
+    BENCH_THREADS=2 .venv/bin/python benchmarks/rl/bench.py [--users 1000] [--sft-minutes 4] [--rl-steps 60] \
+        [--cache-dir dataset/benchmark/emoji-seq/.cache]   # reuse the main job's VQ and pre-training
 
 1. SFT: ``run_recbole --model=GenLMM --dataset=emoji-seq`` (tiny default, ``max_train_minutes``);
 2. RL:  the same with ``--stage=rl --init_from=<SFT checkpoint>`` (recommender reward from a SASRec
@@ -39,9 +40,9 @@ def uptime():
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--users", type=int, default=1000)
-    p.add_argument("--sft-minutes", type=float, default=3)
+    p.add_argument("--sft-minutes", type=float, default=4)
     p.add_argument("--rl-steps", type=int, default=60)
-    p.add_argument("--vq-steps", type=int, default=400, help="VQ tokenizer training steps (GenLMM default 1500)")
+    p.add_argument("--cache-dir", default=None, help="GenLMM's VQ / pre-training cache (default: <data>/.cache)")
     p.add_argument("--work", default="results/rl_bench")
     p.add_argument("--out", default="benchmarks/rl")
     args = p.parse_args(argv)
@@ -49,7 +50,7 @@ def main(argv=None):
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     base = {
-        "data_path": str(work / "data"), "emoji_seq_users": args.users, "vq_train_steps": args.vq_steps, "checkpoint_dir": str(work / "saved"),
+        "data_path": str(work / "data"), "emoji_seq_users": args.users, "cache_dir": args.cache_dir, "checkpoint_dir": str(work / "saved"),
         "log_dir": str(work / "log"), "show_progress": False, "seed": 2026, "metrics": METRICS, "topk": [10],
         "valid_metric": "NDCG@10", "eval_encoder": "efficientnet-lite0", "eval_encoder_size": 96,
         "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user", "mode": "full"},
@@ -103,7 +104,7 @@ def plot(history, path):
 def table(record, path):
     sft, rl = record["sft"]["test"], record["rl"]["test"]
     rows = "\n".join(f"| {k} | {sft[k]:.4f} | {rl[k]:.4f} | {rl[k] - sft[k]:+.4f} |" for k in sft)
-    path.write_text(f"""# SFT vs SFT+RL (GenLMM tiny default but VQ trained {record['args']['vq_steps']} steps, emoji-seq {record['args']['users']} users)
+    path.write_text(f"""# SFT vs SFT+RL (GenLMM tiny default, emoji-seq {record['args']['users']} users)
 
 Rerun: `{record['command']}`
 
