@@ -43,7 +43,7 @@ RL_DEFAULTS = {
     "rl_learning_rate": 1e-4,          # AdamW learning rate of the RL stage (SFT's learning_rate is not used)
     "rl_clip_eps": 0.2,                # PPO clip range of the probability ratio
     "rl_kl_coef": 0.05,                # weight of KL(policy || SFT reference)
-    "rl_temperature": 1.0,             # rollout sampling temperature (> 0)
+    "rl_temperature": 0.7,             # rollout sampling temperature (> 0); = GenLMM's temperature: RL tunes what is evaluated
     "rl_guidance_scale": 0.0,          # rollout classifier-free guidance
     "rl_top_k": 0,                     # rollout top-k (0 = all)
     "rl_top_p": 1.0,                   # rollout nucleus mass
