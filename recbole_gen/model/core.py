@@ -153,6 +153,7 @@ class GenLMMCore(nn.Module):
         self.lmm.model.vqmodel.requires_grad_(False)
         # what a checkpoint holds: everything training may change (the frozen base is rebuilt, not saved)
         self.saved_parameters = {n for n, p in self.named_parameters() if p.requires_grad}
+        self.has_rl_adapter = False
 
     def _lora_config(self):
         from peft import LoraConfig
@@ -165,10 +166,6 @@ class GenLMMCore(nn.Module):
         from peft.tuners.tuners_utils import BaseTunerLayer
 
         return [m for m in self.lmm.modules() if isinstance(m, BaseTunerLayer)]
-
-    @property
-    def has_rl_adapter(self):
-        return any(RL_ADAPTER in layer.active_adapters for layer in self._adapter_layers())
 
     def add_rl_adapter(self, seed=0):
         """RL stage with ``finetune: lora``: freeze everything SFT trained and train a fresh LoRA adapter on
@@ -188,6 +185,7 @@ class GenLMMCore(nn.Module):
         for name, param in self.named_parameters():
             param.requires_grad_(f".{RL_ADAPTER}." in name)
         self.saved_parameters |= {n for n, p in self.named_parameters() if p.requires_grad}
+        self.has_rl_adapter = True
 
     @contextmanager
     def reference_policy(self):
