@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
+from recbole_gen.files import atomic_write_bytes
 from recbole_gen.utils import UnknownModelError, get_model, properties_dir
 
 REFERENCE = re.compile(r"^@(.+)$")
@@ -134,9 +135,7 @@ def _run_row(row, dataset, config_dict):
 
 
 def _write_json(path, data):
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+    atomic_write_bytes(path, json.dumps(data, indent=2, default=str).encode())
 
 
 def default_out_dir(dataset, resume):

@@ -10,11 +10,11 @@ rebuilt.
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from recbole_gen.files import atomic_write, atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -23,44 +23,6 @@ def settings_digest(settings):
     """A stable short digest of a JSON-serialisable settings dict."""
     text = json.dumps(settings, sort_keys=True, default=str)
     return hashlib.blake2b(text.encode(), digest_size=10).hexdigest()
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _publish(tmp, path):
-    """Rename a finished temporary file into place with ordinary (umask) permissions, not mkstemp's 0600."""
-    os.chmod(tmp, 0o666 & ~_umask())
-    os.replace(tmp, path)
-
-
-def atomic_write_bytes(path, data):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        _publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_savez(path, **arrays):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        _publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class FeatureCache:
@@ -116,7 +78,7 @@ class FeatureCache:
         keep = [h for h in index if h not in set(new_hashes)]
         hashes = np.array(keep + list(new_hashes), dtype=str)
         values = new_rows if not keep else np.concatenate([stored[[index[h] for h in keep]], new_rows])
-        _atomic_savez(path, hashes=hashes, values=values)
+        atomic_write(path, lambda f: np.savez(f, hashes=hashes, values=values))
         settings_file = path.with_suffix(".json")
         if not settings_file.is_file():
             atomic_write_bytes(settings_file, json.dumps({"kind": kind, "settings": settings},

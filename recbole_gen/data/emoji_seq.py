@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from recbole_gen.data.builtin import DatasetNotFoundError, register_dataset
-from recbole_gen.data.cache import atomic_write_bytes
+from recbole_gen.files import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 

@@ -8,13 +8,13 @@ atomically: an interrupted build leaves nothing that a later run could mistake f
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from recbole_gen.files import atomic_write, atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -36,17 +36,6 @@ def progress(done, total, start):
     return f"{done}/{total}, {elapsed:.0f}s elapsed, ETA {int(left // 60)}m{int(left % 60):02d}s"
 
 
-def _write_atomically(path, write):
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(handle, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def load_or_build(folder, prefix, key, build, what):
     """``(state_dict, info)`` of artifact ``key`` from ``folder``, or ``build() -> (state_dict, info)`` now and
     cached. ``info`` gains ``key`` and ``build_seconds``; ``what`` names the artifact in the log."""
@@ -58,8 +47,7 @@ def load_or_build(folder, prefix, key, build, what):
     start = time.time()
     state, info = build()
     info = {"key": key, **info, "build_seconds": round(time.time() - start, 1)}
-    folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in state.items()}
-    _write_atomically(weights, lambda f: torch.save(state, f))
-    _write_atomically(meta, lambda f: f.write(json.dumps(info, indent=1, default=str).encode()))
+    atomic_write(weights, lambda f: torch.save(state, f))
+    atomic_write_bytes(meta, json.dumps(info, indent=1, default=str).encode())
     return state, info

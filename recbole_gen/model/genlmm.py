@@ -10,8 +10,6 @@ Only ``item_id_list`` / ``item_length`` are read at evaluation (never the target
 ``calculate_loss`` reads the target item id to fetch its image tokens, in training only.
 """
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import torch
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
+from recbole_gen.files import atomic_write, atomic_write_bytes
 from recbole_gen.model.core import RL_ADAPTER, GenLMMCore, count_parameters
 from recbole_gen.utils import config_value
 
@@ -240,15 +239,9 @@ def write_pngs(result, out_dir):
     for entry in result.manifest:
         image = result.pixels[entry["row"], entry["sample"]].permute(1, 2, 0).mul(255).round().byte().numpy()
         path = out / f"{entry['row']:04d}_{entry['sample']:02d}.png"
-        handle, tmp = tempfile.mkstemp(dir=out, suffix=".png")
-        os.close(handle)
-        Image.fromarray(image).save(tmp)
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: Image.fromarray(image).save(f, format="PNG"))
         entry["png"] = path.name
-    handle, tmp = tempfile.mkstemp(dir=out, suffix=".json")
-    with os.fdopen(handle, "w") as f:
-        json.dump(result.manifest, f, indent=1)
-    os.replace(tmp, out / "manifest.json")
+    atomic_write_bytes(out / "manifest.json", json.dumps(result.manifest, indent=1).encode())
     return out
 
 

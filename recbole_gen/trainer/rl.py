@@ -24,12 +24,12 @@ ratio is exactly 1.
 import contextlib
 import copy
 import math
-import os
 import time
 
 import torch
 from recbole.utils import set_color
 
+from recbole_gen.files import atomic_write
 from recbole_gen.trainer.genlmm import GenLMMTrainer
 from recbole_gen.trainer.rewards import COMPONENTS, Rollout, RewardSet, load_recommender, reward_catalogue, train_recommender
 from recbole_gen.utils import config_value
@@ -251,9 +251,7 @@ class GenLMMRLTrainer(GenLMMTrainer):
             "rl": {"step": self.rl_step, "sampler": self.sampler.get_state(), "history": list(self.rl_history),
                    "init_from": self.init_from},
         }
-        tmp = self.saved_model_file + ".tmp"
-        torch.save(state, tmp, pickle_protocol=4)
-        os.replace(tmp, self.saved_model_file)
+        atomic_write(self.saved_model_file, lambda f: torch.save(state, f, pickle_protocol=4))
         self.last_good_checkpoint, self._last_good_step = self.saved_model_file, self.rl_step
         if verbose:
             self.logger.info(set_color("Saving current", "blue") + f": {self.saved_model_file} (RL step {self.rl_step})")
