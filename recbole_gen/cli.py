@@ -1,8 +1,9 @@
 """Command line: ``run_recbole`` (RecBole's run_recbole.py flags) and ``recbole-gen <command>``.
 
-Every argument that is not one of RecBole's flags must be a ``--key=value`` override; values
-are converted as RecBole converts them. Errors in what the user typed end with one line on
-stderr and exit status 2, never a traceback from inside RecBole.
+Every argument that is not one of RecBole's flags must be a ``--key=value`` override; values are converted as
+RecBole converts them (:func:`recbole_gen.config.parse_value`). Errors in what the user typed or gave (a model,
+dataset, config value, image, checkpoint or user that is wrong) end with one line on stderr naming it and
+exit status 2, never a traceback from inside RecBole.
 """
 import argparse
 import sys
@@ -11,13 +12,17 @@ from pathlib import Path
 import yaml
 
 import recbole_gen  # noqa: F401  (applies the compatibility patches first)
-from recbole.config import Config as RecBoleConfig
-
-from recbole_gen.benchmark.runner import BenchmarkError
+from recbole_gen.checkpoint import CheckpointError
+from recbole_gen.comparison.runner import BenchmarkError
+from recbole_gen.config import ConfigError, parse_value
 from recbole_gen.data.builtin import BUILDERS, DatasetNotFoundError, build_dataset
+from recbole_gen.data.images import ItemImageError
+from recbole_gen.data.importers import DatasetImportError, add_arguments as add_import_arguments
+from recbole_gen.model.generative import NotARankerError, UnknownUserError
 from recbole_gen.utils import UnknownModelError, known_model_names
 
-USER_ERRORS = (UnknownModelError, DatasetNotFoundError, yaml.YAMLError, BenchmarkError)
+USER_ERRORS = (UnknownModelError, DatasetNotFoundError, yaml.YAMLError, ConfigError, ItemImageError, CheckpointError,
+               UnknownUserError, NotARankerError, BenchmarkError, DatasetImportError)
 
 
 class UsageError(ValueError):
@@ -34,7 +39,7 @@ def parse_overrides(args):
         if key in overrides and overrides[key] != value:
             raise UsageError(f"'--{key}' is given twice with different values")
         overrides[key] = value
-    return RecBoleConfig._convert_config_dict(None, overrides)
+    return {key: parse_value(value) for key, value in overrides.items()}
 
 
 def _add_run_arguments(parser):
@@ -71,19 +76,22 @@ def _run(args, rest):
 
 
 def _make_dataset(args, rest):
+    from recbole_gen.config import Config
+
     if args.name not in BUILDERS:
         raise UsageError(f"no built-in dataset '{args.name}'; built-in datasets: {', '.join(sorted(BUILDERS))}")
     folder = Path(args.data_path) / args.name
-    if folder.exists() and not args.force:
+    if (folder / f"{args.name}.inter").is_file() and not args.force:
         print(f"{folder} already exists (use --force to rebuild)")
         return 0
-    build_dataset(args.name, folder, parse_overrides(rest))
+    config = Config(model="Pop", dataset=args.name, config_dict={**parse_overrides(rest), "data_path": args.data_path})
+    build_dataset(args.name, folder, config)
     print(f"built {args.name} in {folder}")
     return 0
 
 
 def _benchmark(args, rest):
-    from recbole_gen.benchmark import run_benchmark
+    from recbole_gen.comparison import run_benchmark
 
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
     out = run_benchmark(args.preset, models=models, dataset=args.dataset, out=args.out, resume=args.resume,
@@ -93,16 +101,35 @@ def _benchmark(args, rest):
 
 
 def _generate(args, rest):
-    if not Path(args.model_file).is_file():
-        raise UsageError(f"model file '{args.model_file}' does not exist")
-    from recbole_gen.model.genlmm import UnknownUserError, generate_command
+    from recbole_gen.model.generative import GenerativeRecommender
+    from recbole_gen.quick_start import load_data_and_model
 
-    try:
-        result = generate_command(args.model_file, users=args.user, num_samples=args.num_samples, out_dir=args.out,
-                                  seed=args.seed, **parse_overrides(rest))
-    except UnknownUserError as error:
-        raise UsageError(str(error)) from None
+    _, model, *_ = load_data_and_model(args.model_file, trust=args.trust_checkpoint)
+    if not isinstance(model, GenerativeRecommender):
+        raise UsageError(f"'{args.model_file}' holds a {type(model).__name__}, which ranks items and draws nothing; "
+                         f"give a generative model's checkpoint (e.g. GenLMM)")
+    if args.num_samples < 1:
+        raise UsageError(f"--num-samples must be >= 1, got {args.num_samples}")
+    result = model.generate(users=args.user, num_samples=args.num_samples, seed=args.seed, out_dir=args.out,
+                            **parse_overrides(rest))
     print(f"wrote {len(result.manifest)} images and manifest.json to {args.out}")
+    return 0
+
+
+def _export(args, rest):
+    from recbole_gen.checkpoint import export_checkpoint
+
+    out = export_checkpoint(args.model_file, args.out, trust=args.trust_checkpoint)
+    print(f"exported {args.model_file} to {out}/ (config.json, model.safetensors, other_parameter.*)")
+    return 0
+
+
+def _import_dataset(args, rest):
+    from recbole_gen.data.importers import run_import
+
+    if rest:
+        raise UsageError(f"unknown argument(s) for import-dataset: {' '.join(rest)}")
+    run_import(args)
     return 0
 
 
@@ -132,16 +159,30 @@ def main(argv=None):
     make = commands.add_parser("make-dataset", help="build a built-in dataset's atomic files and images")
     make.add_argument("name")
     make.add_argument("--data_path", default="dataset", help="parent folder (RecBole's data_path)")
-    make.add_argument("--force", action="store_true", help="rebuild even if the folder exists")
+    make.add_argument("--force", action="store_true", help="rebuild even if the folder exists (the old one stays "
+                                                           "until the new one is complete)")
     make.set_defaults(handler=_make_dataset)
-    gen = commands.add_parser("generate", help="draw next-item images with a trained GenLMM checkpoint")
-    gen.add_argument("--model-file", required=True, help="a GenLMM checkpoint saved by run_recbole (saved/GenLMM-*.pth)")
+    importer = commands.add_parser("import-dataset", help="convert a public dataset's files into a RecBole dataset "
+                                                          "folder with item images")
+    add_import_arguments(importer)
+    importer.set_defaults(handler=_import_dataset)
+    gen = commands.add_parser("generate", help="draw next-item images with a trained generator's checkpoint")
+    gen.add_argument("--model-file", required=True, help="a checkpoint saved by run_recbole (saved/GenLMM-*.pth) "
+                                                         "or a folder written by `recbole-gen export`")
     gen.add_argument("--user", action="append", required=True, help="user token (repeat for several users)")
     gen.add_argument("--num-samples", type=int, default=4)
     gen.add_argument("--out", default="generated", help="folder for the PNGs and manifest.json")
     gen.add_argument("--seed", type=int, default=None, help="sampling seed (default: the checkpoint's generation_seed)")
+    gen.add_argument("--trust-checkpoint", action="store_true",
+                     help="also load a checkpoint that needs arbitrary unpickling (only for a file you trust)")
     gen.set_defaults(handler=_generate)
-    bench = commands.add_parser("benchmark", help="train baselines and GenLMM on one split; write a table and a gallery")
+    export = commands.add_parser("export", help="write a checkpoint as a folder of config.json + safetensors")
+    export.add_argument("--model-file", required=True)
+    export.add_argument("--out", required=True)
+    export.add_argument("--trust-checkpoint", action="store_true",
+                        help="also read a checkpoint that needs arbitrary unpickling (e.g. stock RecBole's)")
+    export.set_defaults(handler=_export)
+    bench = commands.add_parser("benchmark", help="train baselines and generators on one split; write a table and a gallery")
     bench.add_argument("--preset", default="default", help="properties/benchmark/<name>.yaml or a yaml file")
     bench.add_argument("--dataset", default=None, help="dataset (default: the preset's)")
     bench.add_argument("--models", default=None, help="comma-separated rows, e.g. Pop,SASRec,GenLMM-SFT (default: the preset's)")

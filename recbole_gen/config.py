@@ -3,16 +3,40 @@
 Order, lowest priority first: RecBole's overall/model/dataset/quick-start yaml, then each
 recbole-gen properties layer's ``overall.yaml``, ``quick_start_config/<model type>.yaml``,
 ``dataset/<dataset>.yaml`` and ``model/<Model>.yaml``, then config files, ``config_dict`` and
-command-line overrides as in RecBole.
+command-line overrides as in RecBole. Every default lives in those yaml files: code reads
+``config[key]`` (a plain dict goes through the same layering: ``Config(model, dataset, config_dict=...)``).
 
-Unlike RecBole's, this Config does not read ``sys.argv`` behind the caller's back: the
-``run_recbole`` command parses ``--key=value`` overrides and passes them in ``config_dict``.
+Unlike RecBole's, this Config does not read ``sys.argv`` behind the caller's back (the ``run_recbole``
+command parses ``--key=value`` overrides with :func:`parse_value` and passes them in ``config_dict``),
+warns about keys no properties layer knows, and converts to and from plain data (:func:`plain_config`,
+:meth:`Config.from_plain`), which is how checkpoints store it.
+
+:class:`Settings` is the base of the typed, grouped views of a config (``GenLMMSettings``, ``RLSettings``...):
+one dataclass per concern, built in one place, type- and range-checked before any work starts.
 """
+import dataclasses
+import difflib
+import enum
+import logging
+import os
+import typing
+from pathlib import Path
+
+import torch
+import yaml
 from recbole.config import Config as RecBoleConfig
+from recbole.config.configurator import dataset_arguments, evaluation_arguments, general_arguments, training_arguments
 
 from recbole_gen.utils import get_model, properties_dirs
 
 QUICK_START_BY_TYPE = {"SEQUENTIAL": "sequential.yaml"}
+#: keys that ``Config`` computes itself; a config rebuilt from plain data recomputes them
+DERIVED_KEYS = ("model", "dataset", "MODEL_TYPE", "MODEL_INPUT_TYPE", "eval_type", "device", "single_spec",
+                "local_rank", "valid_neg_sample_args", "test_neg_sample_args", "valid_metric_bigger")
+
+
+class ConfigError(ValueError):
+    """A config value of the wrong type or out of range; the message names the key."""
 
 
 class Config(RecBoleConfig):
@@ -26,6 +50,7 @@ class Config(RecBoleConfig):
         final = super()._get_final_config_dict()
         if final.get("loss_type") == "CE" and "train_neg_sample_args" not in self.external_config_dict:
             final["train_neg_sample_args"] = None
+        self._warn_unknown_keys()
         return final
 
     def _get_model_and_dataset(self, model, dataset):
@@ -50,3 +75,142 @@ class Config(RecBoleConfig):
                     added = self._update_internal_config_dict(str(layer))
                     if added and layer.parent.name == "dataset":
                         self.parameters["Dataset"] += [k for k in added if k not in self.parameters["Dataset"]]
+
+    def _warn_unknown_keys(self):
+        known = known_keys() | set(self.internal_config_dict)
+        for key in sorted(set(self.external_config_dict) - known):
+            close = difflib.get_close_matches(key, sorted(known), n=3, cutoff=0.75)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            logging.getLogger().warning(f"config key '{key}' is not a setting of RecBole or recbole-gen{hint}")
+
+    @classmethod
+    def from_plain(cls, plain):
+        """The Config a checkpoint stored with :func:`plain_config`: the same values, derived keys recomputed."""
+        values = {k: v for k, v in plain.items() if k not in DERIVED_KEYS}
+        values["data_path"] = os.path.dirname(os.path.normpath(plain["data_path"]))
+        if (values.get("train_neg_sample_args") or {}).get("distribution") == "none":
+            values["train_neg_sample_args"] = None
+        return cls(model=plain["model"], dataset=plain["dataset"], config_dict=values)
+
+
+def plain_config(config):
+    """``config``'s final values as plain data (enums by name, devices as text): what a checkpoint stores,
+    readable without unpickling any class."""
+    def plain(value):
+        if isinstance(value, enum.Enum):
+            return value.name
+        if isinstance(value, torch.device):
+            return str(value)
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        return str(value)
+
+    return {key: plain(value) for key, value in config.final_config_dict.items()}
+
+
+_known = None
+
+
+def known_keys():
+    """Every key some properties layer (RecBole's or recbole-gen's, any model) or RecBole's argument lists define."""
+    global _known
+    if _known is None:
+        import recbole
+
+        folders = [Path(recbole.__file__).resolve().parent / "properties", *properties_dirs()]
+        keys = set(general_arguments + training_arguments + evaluation_arguments + dataset_arguments)
+        keys |= {"model", "dataset", "config_files", "nproc", "world_size", "ip", "port", "offset", "local_rank"}
+        for folder in folders:
+            for path in folder.rglob("*.yaml"):
+                keys |= set(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+        _known = keys
+    return _known
+
+
+def parse_value(text):
+    """A command-line value as RecBole means it: numbers, ``True``/``False``, lists and dicts, ``None``/``~``;
+    anything else stays text (``abc``, ``ml-100k``)."""
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    if text in ("None", "~", "null"):
+        return None
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value if isinstance(value, (list, dict)) else text
+
+
+# ----------------------------------------------------------------------------------------- typed settings
+class Settings:
+    """Base of a frozen dataclass of related config keys (one field per key, documented in the yaml that
+    sets its default). :meth:`from_config` reads each field with ``config[key]``, converts it to the
+    annotated type and runs :meth:`check`, so a bad value stops the run before any work, naming the key."""
+
+    @classmethod
+    def from_config(cls, config):
+        hints = typing.get_type_hints(cls)
+        values = {}
+        for field in dataclasses.fields(cls):
+            values[field.name] = _convert(field.name, _lookup(config, field.name), hints[field.name])
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self):
+        """Range checks; raise :class:`ConfigError` naming the key."""
+
+    def require(self, ok, key, what):
+        if not ok:
+            raise ConfigError(f"{key} must be {what}, got {getattr(self, key)!r}")
+
+    def as_dict(self):
+        return dataclasses.asdict(self)
+
+
+def _lookup(config, key):
+    if key not in config:
+        raise ConfigError(f"config has no '{key}': build it with recbole_gen.config.Config, which layers "
+                          f"properties/*.yaml (where every default lives) under your values")
+    return config[key]
+
+
+def _convert(key, value, annotation):
+    optional = typing.get_origin(annotation) is typing.Union and type(None) in typing.get_args(annotation)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{key} must be set (it has no default of ~)")
+    kind = next(a for a in typing.get_args(annotation) if a is not type(None)) if optional else annotation
+    origin = typing.get_origin(kind) or kind
+    try:
+        if origin is bool:
+            if isinstance(value, str) and value.lower() in ("true", "false"):
+                return value.lower() == "true"
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if origin is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise TypeError
+            return int(value)
+        if origin is float:
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if origin is str:
+            return str(value)
+        if origin is list:
+            return list(value) if isinstance(value, (list, tuple)) else [value]
+        return value
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be {getattr(kind, '__name__', kind)}, got {value!r}") from None

@@ -1,8 +1,10 @@
 """RecBole's quick start (``run``, ``run_recbole``, ``load_data_and_model``) through the plugin.
 
-The same steps as ``recbole.quick_start`` (which cannot be imported without ray), with
-recbole-gen's Config, model/trainer lookup, dataset preparation and logger. RecBole models run
-exactly as RecBole would run them.
+The same steps as ``recbole.quick_start`` (which cannot be imported without ray), with recbole-gen's Config,
+model/trainer lookup, datasets that own their item images, the artifact step of generative models, safe
+checkpoints and image evaluation. RecBole models run exactly as RecBole would run them:
+
+    config -> dataset (+ item images) -> splits -> model -> [init_from weights] -> artifacts -> trainer -> fit -> test
 """
 import sys
 import time
@@ -13,11 +15,11 @@ from recbole.data import data_preparation
 from recbole.data.transform import construct_transform
 from recbole.utils import get_environment, get_flops, init_seed, set_color
 
-from recbole_gen.compat import load_checkpoint
+from recbole_gen.checkpoint import checkpoint_config, load_checkpoint, restore_model
 from recbole_gen.config import Config
 from recbole_gen.data import create_dataset, ensure_dataset_files
 from recbole_gen.evaluator import wants_image_metrics
-from recbole_gen.trainer.evaluation import with_image_metrics
+from recbole_gen.model.generative import GenerativeRecommender
 from recbole_gen.utils import get_model, get_trainer, init_logger
 
 
@@ -40,6 +42,11 @@ def _run_rank(rank, model, dataset, config_file_list, config_dict, saved, queue)
     run_recbole(model, dataset, config_file_list, {**config_dict, "local_rank": rank}, saved=saved, queue=queue)
 
 
+def needs_images(config):
+    """Whether a run reads item images: a generative model, or image metrics in ``metrics``."""
+    return issubclass(get_model(config["model"]), GenerativeRecommender) or wants_image_metrics(config)
+
+
 def run_recbole(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True, queue=None):
     """Train on the training split, select on validation, report the test split; RecBole's result dict."""
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
@@ -50,15 +57,18 @@ def run_recbole(model=None, dataset=None, config_file_list=None, config_dict=Non
     logger.info(sys.argv)
     logger.info(config)
 
-    dataset = create_dataset(config)
+    dataset = create_dataset(config, images=needs_images(config))
     logger.info(dataset)
     train_data, valid_data, test_data = data_preparation(config, dataset)
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    model = build_model(config, train_data._dataset)
     logger.info(model)
-    flops = get_flops(model, dataset, config["device"], logger, construct_transform(config))
-    logger.info(set_color("FLOPs", "blue") + f": {flops}")
+    if isinstance(model, GenerativeRecommender):
+        logger.info(set_color("FLOPs", "blue") + ": not estimated for generative models (their cost grows with "
+                    "each generated token; see benchmarks/)")
+    else:
+        logger.info(set_color("FLOPs", "blue") + f": {get_flops(model, dataset, config['device'], logger, construct_transform(config))}")
 
     trainer = build_trainer(config, model, future_data=test_data)
     started = time.perf_counter()
@@ -89,34 +99,53 @@ def run_recbole(model=None, dataset=None, config_file_list=None, config_dict=Non
     return result
 
 
+def build_model(config, dataset):
+    """The model ready to train: built on ``dataset`` (the training split's), started from ``init_from``'s weights
+    when given, and (a generative model) given its artifacts: tokenizer, catalogue tokens, pre-training."""
+    from recbole_gen.trainer.artifacts import prepare_artifacts
+
+    model = get_model(config["model"])(config, dataset).to(config["device"])
+    if config["init_from"]:
+        checkpoint = load_checkpoint(config["init_from"])
+        model.load_state_dict(checkpoint["state_dict"])
+        model.load_other_parameter(checkpoint.get("other_parameter"))
+        getLogger().info(set_color("init_from", "blue") + f": {config['init_from']}")
+    prepare_artifacts(config, model, fresh=not config["init_from"])
+    return model
+
+
 def build_trainer(config, model, future_data=None):
-    """The model's trainer for ``config['stage']`` (recbole-gen's, else RecBole's), with image metrics when
-    ``metrics`` lists any, for rankers and generators alike; ``future_data`` (the test split) gives
-    the validation phase its FutureSim targets."""
+    """The model's trainer for ``config['stage']`` (recbole-gen's, else RecBole's), with image evaluation when the
+    model draws or ``metrics`` lists an image metric; ``future_data`` (the test split) gives the validation phase
+    its FutureSim targets."""
+    from recbole_gen.evaluator.image_evaluation import with_image_evaluation
+
     trainer_class = get_trainer(config["MODEL_TYPE"], config["model"], config["stage"])
-    if not wants_image_metrics(config):
+    if not (isinstance(model, GenerativeRecommender) or wants_image_metrics(config)):
         return trainer_class(config, model)
-    trainer = with_image_metrics(trainer_class)(config, model)
+    trainer = with_image_evaluation(trainer_class)(config, model)
     if future_data is not None:
         trainer.set_future_data(future_data)
     return trainer
 
 
-def load_data_and_model(model_file):
-    """Rebuild config, dataset, splits and the trained model from a checkpoint saved by a trainer."""
-    checkpoint = load_checkpoint(model_file)
-    config = checkpoint["config"]
+def load_data_and_model(model_file, trust=False):
+    """Rebuild config, dataset, splits and the trained model from a checkpoint (a ``.pth`` file or an exported
+    folder). ``trust=True`` also loads checkpoints that need arbitrary unpickling (stock RecBole's)."""
+    from recbole_gen.trainer.artifacts import prepare_artifacts
+
+    checkpoint = load_checkpoint(model_file, trust=trust)
+    config = checkpoint_config(checkpoint)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
     logger.info(config)
 
-    dataset = create_dataset(config)
+    dataset = create_dataset(config, images=needs_images(config))
     logger.info(dataset)
     train_data, valid_data, test_data = data_preparation(config, dataset)
 
     init_seed(config["seed"], config["reproducibility"])
-    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
-    model.load_state_dict(checkpoint["state_dict"])
-    model.load_other_parameter(checkpoint.get("other_parameter"))
+    model = restore_model(checkpoint, train_data._dataset, config).to(config["device"])
+    prepare_artifacts(config, model, fresh=False)
     return config, model, dataset, train_data, valid_data, test_data

@@ -8,6 +8,7 @@ import difflib
 import importlib
 import logging
 import os
+import re
 from pathlib import Path
 
 from recbole.utils import get_trainer as recbole_get_trainer
@@ -21,15 +22,6 @@ PLUGIN_MODELS = {
 }
 _registered = {}
 _extra_properties = []
-
-
-def config_value(config, key, default=None):
-    """``config[key]`` for a RecBole Config or a dict, or ``default`` when the key is unset or ``None``."""
-    try:
-        value = config[key]
-    except (KeyError, TypeError):
-        value = None
-    return default if value is None else value
 
 
 class UnknownModelError(ValueError):
@@ -58,10 +50,18 @@ def register_model(model_class, properties=None):
     return model_class
 
 
+RECBOLE_MODEL_PACKAGES = ("general_recommender", "context_aware_recommender", "sequential_recommender",
+                          "knowledge_aware_recommender", "exlib_recommender")
+
+
 def recbole_model_names():
-    """RecBole's own model names, read from its ``properties/model/*.yaml`` (no imports needed)."""
-    folder = Path(recbole.__file__).resolve().parent / "properties" / "model"
-    return sorted(p.stem for p in folder.glob("*.yaml"))
+    """RecBole's own model class names, as its model packages export them (read from their ``__init__.py``
+    without importing them: the exlib package needs lightgbm and xgboost)."""
+    folder = Path(recbole.__file__).resolve().parent / "model"
+    names = set()
+    for package in RECBOLE_MODEL_PACKAGES:
+        names |= set(re.findall(r"^from \S+ import (\w+)", (folder / package / "__init__.py").read_text(), re.M))
+    return sorted(names)
 
 
 def known_model_names():
@@ -107,7 +107,7 @@ def init_logger(config):
 
     RecBole hard-codes ``./log/`` and cannot re-initialise within one process; this one can.
     """
-    log_dir = config["log_dir"] or "log"
+    log_dir = config["log_dir"]
     ensure_dir(os.path.join(log_dir, config["model"]))
     level = getattr(logging, str(config["state"] or "INFO").upper(), logging.INFO)
     filename = f"{config['model']}-{config['dataset']}-{get_local_time()}.log"

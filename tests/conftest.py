@@ -23,10 +23,13 @@ def _workdir(tmp_path, monkeypatch):
 def emoji_seq_small(tmp_path_factory):
     """The built-in emoji-seq with every item but only 300 simulated users, built once per
     session (about 15 s on 2 cores); returns its data_path (the folder holding ``emoji-seq/``)."""
+    from recbole_gen.config import Config
     from recbole_gen.data import build_dataset
 
     parent = tmp_path_factory.mktemp("emoji-data")
-    build_dataset("emoji-seq", parent / "emoji-seq", {"emoji_seq_users": EMOJI_SEQ_SMALL_USERS})
+    config = Config(model="Pop", dataset="emoji-seq", config_dict={"data_path": str(parent),
+                                                                   "emoji_seq_users": EMOJI_SEQ_SMALL_USERS})
+    build_dataset("emoji-seq", parent / "emoji-seq", config)
     return parent
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from recbole_gen.benchmark import BenchmarkError, load_preset, plan_rows, run_benchmark
+from recbole_gen.comparison import BenchmarkError, load_preset, plan_rows, run_benchmark
 from recbole_gen.cli import main
 
 

@@ -11,7 +11,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole_gen import utils
 from recbole_gen.cli import parse_overrides, run_recbole_main, UsageError
 from recbole_gen.config import Config
-from recbole_gen.compat import load_checkpoint
+from recbole_gen.checkpoint import load_checkpoint
 from tiny_data import write_tiny_dataset
 
 

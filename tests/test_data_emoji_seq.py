@@ -35,7 +35,7 @@ def test_round_trip_through_recbole(emoji_seq_small):
     folder = emoji_seq_small / "emoji-seq"
     n_inter = len((folder / "emoji-seq.inter").read_text().splitlines()) - 1
     config = config_for(emoji_seq_small, image_size=32)
-    dataset = create_dataset(config)
+    dataset = create_dataset(config, images=True)
     assert dataset.user_num == USERS + 1 and dataset.item_num == N_EMOJI + 1 and dataset.inter_num == n_inter
     train, valid, test = data_preparation(config, dataset)
     # leave-one-out by time (sequential quick start): every position after a user's first item is a
@@ -47,14 +47,15 @@ def test_round_trip_through_recbole(emoji_seq_small):
     assert len(pngs) == N_EMOJI
     with Image.open(pngs[0]) as img:
         assert img.size == (64, 64) and img.mode == "RGB"
-    store = ItemImageStore.from_dataset(config, dataset)
+    store = dataset.image_store
     pixels = store.pixels()
     assert pixels.shape == (N_EMOJI + 1, 3, 32, 32) and bool(store.has_image[1:].all())
     assert pixels[1:].flatten(1).std(dim=1).min() > 0.01  # no blank renders
     assert store.item_texts()[dataset.token2id("item_id", "1F600")] == "grinning face"
     # a 64 px store from the same files works too
     config["image_size"] = 64
-    assert ItemImageStore.from_dataset(config, dataset).pixels().shape == (N_EMOJI + 1, 3, 64, 64)
+    tokens = dataset.id2token("item_id", np.arange(dataset.item_num))
+    assert ItemImageStore.from_tokens(config, tokens).pixels().shape == (N_EMOJI + 1, 3, 64, 64)
 
 
 def fake_render(chars, px, font):
@@ -85,10 +86,11 @@ def test_first_use_builds_it_and_sasrec_trains_an_epoch(emoji_seq_small, tmp_pat
 def test_renders_are_deterministic(emoji_seq_small):
     import io
 
-    from recbole_gen.data.emoji_seq import EMOJI_FONT, render_emoji
+    from recbole_gen.data.emoji_seq import render_emoji
 
-    items = parse_emoji_test()[::100]
-    for item, img in zip(items, render_emoji([it["char"] for it in items], 64, EMOJI_FONT)):
+    config = config_for(emoji_seq_small)
+    items = parse_emoji_test(config["emoji_test_file"])[::100]
+    for item, img in zip(items, render_emoji([it["char"] for it in items], 64, config["emoji_font_file"])):
         buffer = io.BytesIO()
         img.save(buffer, format="PNG")
         assert buffer.getvalue() == (emoji_seq_small / "emoji-seq" / "images" / f"{item['token']}.png").read_bytes()
@@ -98,7 +100,7 @@ def test_another_seed_gives_other_interactions(emoji_seq_small, tmp_path, monkey
     import recbole_gen.data.emoji_seq as emoji_seq
 
     monkeypatch.setattr(emoji_seq, "render_emoji", fake_render)
-    build_dataset("emoji-seq", tmp_path / "other" / "emoji-seq", {"emoji_seq_users": USERS, "emoji_seq_seed": 7})
+    build_dataset("emoji-seq", tmp_path / "other" / "emoji-seq", config_for(tmp_path / "other", emoji_seq_seed=7))
     other = (tmp_path / "other" / "emoji-seq" / "emoji-seq.inter").read_bytes()
     assert other != (emoji_seq_small / "emoji-seq" / "emoji-seq.inter").read_bytes()
 
@@ -180,7 +182,7 @@ def test_missing_font_or_emoji_list_says_what_to_install(tmp_path):
     with pytest.raises(EmojiResourceError, match="apt-get install fonts-noto-color-emoji unicode-data"):
         parse_emoji_test(tmp_path / "emoji-test.txt")
     with pytest.raises(EmojiResourceError, match="apt-get install fonts-noto-color-emoji unicode-data"):
-        build_dataset("emoji-seq", tmp_path / "x" / "emoji-seq", {"emoji_font_file": str(tmp_path / "no.ttf")})
+        build_dataset("emoji-seq", tmp_path / "x" / "emoji-seq", config_for(tmp_path / "x", emoji_font_file=str(tmp_path / "no.ttf")))
     assert not (tmp_path / "x" / "emoji-seq").exists()  # nothing half-built left behind
     rc = run_recbole_main(["--model=SASRec", "--dataset=emoji-seq", f"--data_path={tmp_path / 'y'}",
                            f"--emoji_font_file={tmp_path / 'no.ttf'}"])

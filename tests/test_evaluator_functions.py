@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from recbole_gen.evaluator.catalogue import ImageCatalogue
-from recbole_gen.evaluator.encoders import EncoderWeightsError, build_image_encoder
+from recbole_gen.retrieval.catalogue import ImageCatalogue
+from recbole_gen.retrieval.encoders import EncoderWeightsError, build_image_encoder
 from recbole_gen.evaluator.functional import FrechetStats, coverage, frechet_distance, gaussian_stats, image_metrics
-from recbole_gen.evaluator.index import CatalogueIndex, EmptyCatalogueError
+from recbole_gen.retrieval.index import CatalogueIndex, EmptyCatalogueError
 from recbole_gen.evaluator.scoring import catalogue_scores, catalogue_topk
 
 

@@ -6,16 +6,17 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from recbole.data import create_dataset, data_preparation
+from recbole.data import data_preparation
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.trainer import Trainer
 from recbole.utils import InputType
 
 from recbole_gen.config import Config
-from recbole_gen.evaluator.catalogue import ImageCatalogue, clear_catalogue_cache
+from recbole_gen.data import create_dataset
+from recbole_gen.evaluator.image_evaluation import with_image_evaluation
 from recbole_gen.evaluator.metrics import ImageMetricMissingError
-from recbole_gen.evaluator.scoring import catalogue_scores
-from recbole_gen.trainer.evaluation import with_image_metrics
+from recbole_gen.model.generative import Generation, GenerativeRecommender
+from recbole_gen.retrieval.catalogue import clear_catalogue_cache
 
 IMAGE_METRICS = ["TargetSim", "TargetSimBest", "HistorySim", "FutureSim", "Diversity", "ImageCoverage",
                  "Novelty", "FD", "OracleUtility"]
@@ -38,22 +39,17 @@ def write_image_dataset(parent, name="imgseq", n_users=24, n_items=20, length=8,
     return parent
 
 
-class OracleGenerator(SequentialRecommender):
+class OracleGenerator(GenerativeRecommender):
     """'Generates' exactly the true next item's image (reads the target: a test-only cheat)."""
-
-    input_type = InputType.POINTWISE
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.dummy = torch.nn.Parameter(torch.zeros(1))
-        self.catalogue = ImageCatalogue.from_config(config, dataset)
-        self.last_sample_embeddings = None
 
-    def full_sort_predict(self, interaction):
+    def generate_images(self, interaction, num_samples=None, seed=None, **generation):
         target = interaction[self.ITEM_ID].cpu()
-        samples = self.catalogue.embeddings[target].unsqueeze(1)  # [B, 1, D]
-        self.last_sample_embeddings = samples
-        return catalogue_scores(samples, self.catalogue)
+        return Generation(pixels=self.store.pixels(target).unsqueeze(1), plans=torch.full((len(target), 1), -1),
+                          histories=[[] for _ in target])
 
 
 class OracleRanker(SequentialRecommender):
@@ -85,7 +81,7 @@ def setup(tmp_path):
             "MAX_ITEM_LIST_LENGTH": 10, "eval_batch_size": 8, "device": "cpu", "use_gpu": False,
             "show_progress": False, "checkpoint_dir": str(tmp_path / "saved"), "eval_image_samples": 3, **extra,
         })
-        dataset = create_dataset(config)
+        dataset = create_dataset(config, images=True)
         train, valid, test = data_preparation(config, dataset)
         return config, dataset, train, valid, test
 
@@ -103,7 +99,7 @@ def expected_future_sim(config, valid, test, catalogue):
 def test_generator_of_the_true_image_scores_hit1_and_targetsim_1(setup):
     config, dataset, train, valid, test = setup(OracleGenerator)
     model = OracleGenerator(config, train._dataset)
-    trainer = with_image_metrics(Trainer)(config, model)
+    trainer = with_image_evaluation(Trainer)(config, model)
     trainer.set_future_data(test)
     valid_result = trainer.evaluate(valid, load_best_model=False)
     test_result = trainer.evaluate(test, load_best_model=False)
@@ -118,14 +114,14 @@ def test_generator_of_the_true_image_scores_hit1_and_targetsim_1(setup):
         assert math.isnan(result["oracleutility"])  # no simulator for this dataset
         assert 0 < result["imagecoverage"] <= 1
         assert -1 < result["historysim"] < 1
-    assert valid_result["futuresim"] == pytest.approx(expected_future_sim(config, valid, test, model.catalogue), abs=1e-4)
+    assert valid_result["futuresim"] == pytest.approx(expected_future_sim(config, valid, test, trainer.catalogue), abs=1e-4)
     assert math.isnan(test_result["futuresim"])  # nothing after the test item
     assert trainer.image_metric_info["encoder"] == "pixel"
 
 
 def test_ranker_gets_the_same_columns_from_its_top_items(setup):
     config, dataset, train, valid, test = setup(OracleRanker)
-    trainer = with_image_metrics(Trainer)(config, OracleRanker(config, train._dataset))
+    trainer = with_image_evaluation(Trainer)(config, OracleRanker(config, train._dataset))
     trainer.set_future_data(test)
     result = trainer.evaluate(valid, load_best_model=False)
     assert {"hit@1", "hit@5", "ndcg@1", "ndcg@5"} | IMAGE_KEYS == set(result)
@@ -141,7 +137,7 @@ def test_sasrec_and_generator_share_columns(setup):
     from recbole.model.sequential_recommender import SASRec
 
     config, dataset, train, valid, test = setup(SASRec, n_layers=1, n_heads=1, hidden_size=8, inner_size=8)
-    trainer = with_image_metrics(Trainer)(config, SASRec(config, train._dataset))
+    trainer = with_image_evaluation(Trainer)(config, SASRec(config, train._dataset))
     result = trainer.evaluate(test, load_best_model=False)
     assert {"hit@1", "hit@5", "ndcg@1", "ndcg@5"} | IMAGE_KEYS == set(result)
     assert result["novelty"] == 0.0 and 0 <= result["hit@5"] <= 1
@@ -150,12 +146,12 @@ def test_sasrec_and_generator_share_columns(setup):
 def test_image_metrics_without_the_evaluation_trainer_fail_clearly(setup):
     config, dataset, train, valid, test = setup(OracleRanker, metrics=("Hit", "TargetSim"))
     trainer = Trainer(config, OracleRanker(config, train._dataset))
-    with pytest.raises(ImageMetricMissingError, match="with_image_metrics"):
+    with pytest.raises(ImageMetricMissingError, match="build_trainer"):
         trainer.evaluate(valid, load_best_model=False)
 
 
 def test_ranking_only_config_is_untouched(setup):
     config, dataset, train, valid, test = setup(OracleRanker, metrics=("Hit", "MRR"))
-    trainer = with_image_metrics(Trainer)(config, OracleRanker(config, train._dataset))
+    trainer = with_image_evaluation(Trainer)(config, OracleRanker(config, train._dataset))
     result = trainer.evaluate(valid, load_best_model=False)
-    assert set(result) == {"hit@1", "hit@5", "mrr@1", "mrr@5"} and trainer.image_catalogue is None
+    assert set(result) == {"hit@1", "hit@5", "mrr@1", "mrr@5"} and trainer.catalogue is None

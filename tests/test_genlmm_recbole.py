@@ -8,10 +8,10 @@ import pytest
 import torch
 from recbole.data.interaction import Interaction
 
-from recbole_gen.compat import load_checkpoint
+from recbole_gen.checkpoint import load_checkpoint
 from recbole_gen.model.backbone import save_tiny_checkpoint
 from recbole_gen.quick_start import load_data_and_model, run_recbole
-from test_genlmm_support import emoji64, make_core, recbole_config, vq_cache, write_dataset  # noqa: F401
+from test_genlmm_support import emoji64, make_core, recbole_config, gtiny, write_dataset  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +45,12 @@ def test_run_save_load_generates_identically(data_path, tmp_path, full_run, fine
     checkpoint = load_checkpoint(result["model_file"])
     keys = list(checkpoint["state_dict"])
     if finetune == "lora":
-        assert keys and all(("lora_" in k or "generation_head" in k or "generation_aligner" in k or "history_proj" in k)
-                            for k in keys), keys[:8]
+        assert keys and all(("lora_" in k or "generation_head" in k or "generation_aligner" in k or "content_" in k
+                             or "vqmodel" in k) for k in keys), keys[:8]
         assert not any(k.endswith("q_proj.base_layer.weight") for k in keys)
-    assert not any("vqmodel" in k or "vision_model" in k for k in keys)  # frozen parts are rebuilt, not saved
+    assert not any("vision_model" in k for k in keys)  # frozen parts are rebuilt, not saved ...
+    assert any("vqmodel" in k for k in keys)  # ... but the catalogue-trained tokenizer travels with the checkpoint
+    assert isinstance(checkpoint["config"], dict)  # plain data: loading it runs no code
 
     config, model, dataset, train_data, valid_data, test_data = load_data_and_model(result["model_file"])
     model.eval()
@@ -70,12 +72,10 @@ def test_target_items_do_not_change_generated_images(full_run):
     data = {k: batch[k] for k in (model.ITEM_SEQ, model.ITEM_SEQ_LEN, model.ITEM_ID)}
     permuted = dict(data)
     permuted[model.ITEM_ID] = data[model.ITEM_ID][torch.randperm(len(data[model.ITEM_ID]), generator=torch.Generator().manual_seed(0))]
-    model.full_sort_predict(Interaction(data))
-    first = model.last_sample_pixels.clone()
-    scores = model.full_sort_predict(Interaction(permuted))
-    assert torch.equal(first, model.last_sample_pixels)
-    assert scores.shape == (len(data[model.ITEM_ID]), model.n_items)
-    assert model.last_sample_embeddings.shape[:2] == (len(data[model.ITEM_ID]), 2)
+    first = model.generate_images(Interaction(data))
+    second = model.generate_images(Interaction(permuted))
+    assert torch.equal(first.pixels, second.pixels) and torch.equal(first.plans, second.plans)
+    assert first.pixels.shape[:2] == (len(data[model.ITEM_ID]), 2)
 
 
 def test_generate_api_and_cli_write_pngs_and_manifest(full_run, tmp_path):
@@ -91,22 +91,22 @@ def test_generate_api_and_cli_write_pngs_and_manifest(full_run, tmp_path):
     assert manifest[0]["history_tokens"][0].startswith("e")
 
 
-def test_save_pretrained_janus_loads_through_lmm_path(emoji64, vq_cache, tmp_path):
-    tiny = make_core(emoji64, vq_cache)
+def test_save_pretrained_janus_loads_through_lmm_path(emoji64, gtiny, tmp_path):
+    tiny = make_core(gtiny)
     folder = save_tiny_checkpoint(tiny.backbone, tmp_path / "janus-tiny")
-    loaded = make_core(emoji64, vq_cache, lmm_path=str(folder))
+    loaded = make_core(gtiny, lmm_path=str(folder))
     assert loaded.backbone.is_pretrained and not tiny.backbone.is_pretrained
-    loaded.history_proj.load_state_dict(tiny.history_proj.state_dict())  # the only part outside Janus
+    loaded.content_proj.load_state_dict(tiny.content_proj.state_dict())  # the only part outside Janus
     hist, target = [[1, 2, 3], []], torch.tensor([4, 5])
     with torch.no_grad():
         assert torch.allclose(tiny.loss(hist, target), loaded.loss(hist, target), atol=1e-5)
     assert torch.equal(tiny.item_tokens, loaded.item_tokens)  # the checkpoint's own VQ tokenizes the catalogue
-    assert torch.equal(tiny.generate_tokens(hist, temperature=0), loaded.generate_tokens(hist, temperature=0))
+    assert torch.equal(tiny.generate_tokens(hist, temperature=0)[0], loaded.generate_tokens(hist, temperature=0)[0])
 
 
-def test_missing_lmm_path_is_a_clear_error(emoji64, vq_cache, tmp_path):
+def test_missing_lmm_path_is_a_clear_error(emoji64, gtiny, tmp_path):
     with pytest.raises(FileNotFoundError, match="lmm_path"):
-        make_core(emoji64, vq_cache, lmm_path=str(tmp_path / "nowhere"))
+        make_core(gtiny, lmm_path=str(tmp_path / "nowhere"))
 
 
 def test_rl_stage_from_the_command_line(data_path, full_run, tmp_path):

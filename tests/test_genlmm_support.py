@@ -1,15 +1,15 @@
-"""Shared setup for the GenLMM tests: a 64-emoji catalogue (4 subgroups x 16) at 16 px, a small VQ
-trained once per session, the tiny-model config, and a RecBole dataset folder with those images.
+"""Shared setup for the GenLMM tests: a 64-emoji catalogue (4 subgroups x 16) at 16 px written as a RecBole
+dataset folder once per session, the tiny-model config, and GenLMM models built through the public path
+(Config -> dataset with images -> GenLMM -> prepare_artifacts), whose small VQ trains once per session.
 (No tests here; imported by tests/test_genlmm_*.py.)"""
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from recbole.data import data_preparation
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "genlmm"))
-from emoji_fixture import read_emoji, render  # noqa: E402
+from recbole_gen.config import Config
 
 SUBGROUPS = ("face-smiling", "animal-mammal", "food-fruit", "transport-ground")
 PER_GROUP = 16
@@ -24,33 +24,53 @@ TINY = dict(
 
 
 def catalogue_rows():
-    rows = [r for r in read_emoji() if r[3] in SUBGROUPS]
+    from recbole_gen.data.emoji_seq import parse_emoji_test
+
+    emoji = Config(model="Pop", dataset="emoji-seq")
+    rows = [r for r in parse_emoji_test(emoji["emoji_test_file"]) if r["subgroup"] in SUBGROUPS]
     out = []
     for group in SUBGROUPS:
-        out += [r for r in rows if r[3] == group][:PER_GROUP]
-    return out
+        out += [r for r in rows if r["subgroup"] == group][:PER_GROUP]
+    return out, emoji["emoji_font_file"]
 
 
 @pytest.fixture(scope="session")
 def emoji64():
     """(pixels [65,3,16,16] row 0 = padding, names, group id per row (-1 for padding))."""
-    rows = catalogue_rows()
-    pixels = torch.from_numpy(render([r[0] for r in rows], 16))
+    from recbole_gen.data.emoji_seq import render_emoji
+    from recbole_gen.data.images import to_float
+
+    rows, font = catalogue_rows()
+    images = render_emoji([r["char"] for r in rows], 16, font)
+    pixels = to_float(np.stack([np.asarray(image).transpose(2, 0, 1) for image in images]))
     pixels = torch.cat([torch.zeros(1, 3, 16, 16), pixels])
-    groups = torch.tensor([-1] + [SUBGROUPS.index(r[3]) for r in rows])
-    return pixels, [""] + [r[1] for r in rows], groups
+    groups = torch.tensor([-1] + [SUBGROUPS.index(r["subgroup"]) for r in rows])
+    return pixels, [""] + [r["name"] for r in rows], groups
 
 
 @pytest.fixture(scope="session")
-def vq_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("genlmm_cache")
+def gtiny(emoji64, tmp_path_factory):
+    """The 64-emoji dataset folder and a shared cache folder: ``(data_path, cache_dir)``."""
+    root = tmp_path_factory.mktemp("gtiny")
+    return write_dataset(root / "data", emoji64), root / "cache"
 
 
-def make_core(emoji64, vq_cache, **overrides):
-    from recbole_gen.model.core import GenLMMCore
+def make_model(gtiny, **overrides):
+    """A tiny GenLMM on the 64-emoji dataset, its artifacts prepared (the VQ trains once, then comes from the cache)."""
+    from recbole_gen.data import create_dataset
+    from recbole_gen.model.genlmm import GenLMM
+    from recbole_gen.trainer.artifacts import prepare_artifacts
 
-    pixels, names, _ = emoji64
-    return GenLMMCore(dict(TINY, **overrides), pixels, names, cache_dir=vq_cache)
+    data_path, cache = gtiny
+    config = Config(model="GenLMM", dataset="gtiny", config_dict=recbole_config(data_path, cache_dir=str(cache), **overrides))
+    train_data, _, _ = data_preparation(config, create_dataset(config, images=True))
+    model = GenLMM(config, train_data._dataset)
+    prepare_artifacts(config, model)
+    return model
+
+
+def make_core(gtiny, **overrides):
+    return make_model(gtiny, **overrides).core
 
 
 def group_sequences(groups, n_users, length, seed):
@@ -95,10 +115,10 @@ def write_dataset(parent, emoji64, name="gtiny", n_users=80, length=8, seed=0):
         arr = pixels[i].permute(1, 2, 0).mul(255).round().byte().numpy()
         Image.fromarray(arr).save(folder / "images" / f"e{i}.png")
         item.append(f"e{i}\t{names[i]}")
-    inter = ["user_id:token\titem_id:token\ttimestamp:float"]
-    for u, seq in enumerate(group_sequences(groups, n_users, length, seed)):
-        for t, i in enumerate(seq):
-            inter.append(f"u{u}\te{i}\t{u * 100 + t}")
+    rows = sorted((i, u, t) for u, seq in enumerate(group_sequences(groups, n_users, length, seed)) for t, i in enumerate(seq))
+    assert {i for i, _, _ in rows} == set(range(1, len(names)))
+    # rows sorted by item: RecBole numbers items in order of first appearance, so internal id i is emoji e<i>
+    inter = ["user_id:token\titem_id:token\ttimestamp:float"] + [f"u{u}\te{i}\t{u * 100 + t}" for i, u, t in rows]
     (folder / f"{name}.item").write_text("\n".join(item) + "\n")
     (folder / f"{name}.inter").write_text("\n".join(inter) + "\n")
     return Path(parent)

@@ -8,14 +8,12 @@ import pytest
 import torch
 from recbole.data import data_preparation
 
-from recbole_gen.compat import load_checkpoint
+from recbole_gen.checkpoint import load_checkpoint
 from recbole_gen.config import Config
 from recbole_gen.data import create_dataset
-from recbole_gen.model.genlmm import GenLMM
-from recbole_gen.quick_start import load_data_and_model, run_recbole
-from recbole_gen.trainer import GenLMMRLTrainer
+from recbole_gen.quick_start import build_model, build_trainer, load_data_and_model, run_recbole
 from recbole_gen.trainer.rl import RLDivergenceError
-from test_genlmm_support import emoji64, recbole_config, vq_cache, write_dataset  # noqa: F401
+from test_genlmm_support import emoji64, gtiny, recbole_config, write_dataset  # noqa: F401
 
 def _cfg(data_path, **overrides):
     return {**recbole_config(data_path), **overrides}
@@ -27,13 +25,13 @@ RL = dict(rl_batch_size=8, rl_group_size=4, rl_learning_rate=2e-3, rl_kl_coef=0.
 
 
 @pytest.fixture(scope="module")
-def sft(tmp_path_factory, emoji64, vq_cache):
+def sft(tmp_path_factory, emoji64, gtiny):
     """A short SFT run on the tiny dataset: (data_path, cache_dir, checkpoint)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("rl")
     data_path = write_dataset(root, emoji64)
-    cache = vq_cache
+    cache = gtiny[1]
     result = run_recbole(model="GenLMM", dataset="gtiny",
                          config_dict=_cfg(data_path, cache_dir=str(cache), checkpoint_dir=str(root / "saved"),
                                                     log_dir=str(root / "log"), epochs=2))
@@ -46,10 +44,10 @@ def _setup(sft, tmp_path, **overrides):
     config = Config(model="GenLMM", dataset="gtiny", config_dict=_cfg(
         data_path, cache_dir=str(cache), checkpoint_dir=str(tmp_path / "saved"), stage="rl", init_from=model_file,
         **{**RL, **overrides}))
-    dataset = create_dataset(config)
+    dataset = create_dataset(config, images=True)
     train_data, valid_data, test_data = data_preparation(config, dataset)
     torch.manual_seed(0)
-    model = GenLMM(config, train_data._dataset)
+    model = build_model(config, train_data._dataset)
     return config, model, train_data, valid_data, test_data
 
 
@@ -62,12 +60,12 @@ def one_thread():
 
 
 class FavouriteItem:
-    """A stand-in recommender that is sure every user wants item 10: the recommender reward then asks
-    the policy to draw that emoji, a signal a few dozen steps of the tiny model can follow."""
+    """A stand-in recommender that is sure every user wants one item (the tram car, e58): the recommender reward
+    then asks the policy to draw that emoji, a signal a few dozen steps of the tiny model can follow."""
 
     source = "stub"
 
-    def __init__(self, item_num, item=10):
+    def __init__(self, item_num, item):
         self.item_num, self.item = item_num, item
 
     def probs(self, item_seq, item_len):
@@ -80,14 +78,15 @@ def test_rl_raises_training_reward_with_bounded_kl(sft, tmp_path, one_thread):
     config, model, train_data, valid_data, test_data = _setup(
         sft, tmp_path, rl_steps=40, rl_batch_size=16, rl_learning_rate=1e-3, rl_inner_epochs=4, rl_kl_coef=0.1,
         rl_target_weight=0.0, rl_recommender_weight=1.0, rl_save_every=20)
-    trainer = GenLMMRLTrainer(config, model)
+    trainer = build_trainer(config, model)
     # init_from loaded the SFT weights, and the reference is that same policy
     sft_state = load_checkpoint(sft[2])["state_dict"]
     assert all(torch.equal(model.state_dict()[k], v) for k, v in sft_state.items())
-    from recbole_gen.trainer.rewards import RewardSet, reward_catalogue
+    from recbole_gen.retrieval.catalogue import ImageCatalogue
+    from recbole_gen.trainer.rewards import RewardSet
 
-    catalogue = reward_catalogue(model.store, "pixel")
-    trainer.rewards = RewardSet(catalogue, {"recommender": 1.0}, recommender=FavouriteItem(catalogue.item_num))
+    catalogue = ImageCatalogue.from_config(config, model.store, prefix="rl_reward_encoder")
+    trainer.rewards = RewardSet(catalogue, {"recommender": 1.0}, recommender=FavouriteItem(catalogue.item_num, train_data._dataset.token2id("item_id", "e58")))
     trainer.fit(train_data, valid_data=None, saved=True)
     rewards = [r["reward"] for r in trainer.rl_history]
     start, end = sum(rewards[:8]) / 8, sum(rewards[-8:]) / 8
@@ -114,7 +113,7 @@ def test_resume_continues_the_same_stream(sft, tmp_path):
 
     def run(path, steps, stop_at=None, resume=None):
         config, model, train_data, *_ = _setup(sft, path, rl_steps=steps, rl_resume_from=resume)
-        trainer = GenLMMRLTrainer(config, model)
+        trainer = build_trainer(config, model)
         if stop_at:
             def after(log):
                 if log["step"] == stop_at:
@@ -141,7 +140,7 @@ def test_resume_continues_the_same_stream(sft, tmp_path):
 
 def test_nan_reward_stops_and_keeps_last_good_checkpoint(sft, tmp_path):
     config, model, train_data, *_ = _setup(sft, tmp_path, rl_steps=10, rl_save_every=2)
-    trainer = GenLMMRLTrainer(config, model)
+    trainer = build_trainer(config, model)
     trainer.rewards = trainer.build_rewards(train_data)
     real = trainer.rewards.__call__
 
@@ -161,13 +160,13 @@ def test_nan_reward_stops_and_keeps_last_good_checkpoint(sft, tmp_path):
 def test_oracle_reward_refused_with_oracle_metric(sft, tmp_path):
     config, model, *_ = _setup(sft, tmp_path, rl_oracle_weight=1.0, metrics=["Hit", "OracleUtility"])
     with pytest.raises(ValueError, match="OracleUtility is no longer a held-out metric"):
-        GenLMMRLTrainer(config, model)
+        build_trainer(config, model)
 
 
 def test_recommender_reward_trains_sasrec_on_demand_and_reloads(sft, tmp_path):
     config, model, train_data, *_ = _setup(sft, tmp_path, rl_recommender_weight=1.0, rl_diversity_weight=0.5,
                                            rl_recommender_epochs=2, rl_steps=2)
-    trainer = GenLMMRLTrainer(config, model)
+    trainer = build_trainer(config, model)
     trainer.fit(train_data, saved=False)
     log = trainer.rl_history[-1]
     assert 0 <= log["reward_recommender"] <= 1 and 0 <= log["reward_diversity"] <= 1
@@ -177,39 +176,39 @@ def test_recommender_reward_trains_sasrec_on_demand_and_reloads(sft, tmp_path):
     rconfig = load_checkpoint(saved, map_location="cpu")["config"]
     assert rconfig["model"] == "SASRec" and rconfig["load_col"] == config["load_col"]
     assert rconfig["MAX_ITEM_LIST_LENGTH"] == 10 and rconfig["image_dir"] == "images"
-    assert rconfig["train_batch_size"] != config["train_batch_size"] and rconfig["history_mode"] is None
+    assert rconfig["train_batch_size"] != config["train_batch_size"] and "history_mode" not in rconfig
     config2, model2, train_data2, *_ = _setup(sft, tmp_path, rl_recommender_weight=1.0, reward_recommender_file=saved,
                                               rl_steps=1)
-    again = GenLMMRLTrainer(config2, model2).build_rewards(train_data2).recommender
+    again = build_trainer(config2, model2).build_rewards(train_data2).recommender
     seq, n = train_data2._dataset.inter_feat["item_id_list"][:4], train_data2._dataset.inter_feat["item_length"][:4]
     assert torch.allclose(again.probs(seq, n), trainer.rewards.recommender.probs(seq, n), atol=1e-6)
     json.dumps(trainer.rl_history)  # logged values are plain floats
 
 
-def test_lora_rl_trains_a_fresh_adapter_whose_absence_is_the_reference(tmp_path, emoji64, vq_cache):
+def test_lora_rl_trains_a_fresh_adapter_whose_absence_is_the_reference(tmp_path, emoji64, gtiny):
     data_path = write_dataset(tmp_path / "data", emoji64)
-    common = dict(cache_dir=str(vq_cache), checkpoint_dir=str(tmp_path / "saved"), log_dir=str(tmp_path / "log"),
+    common = dict(cache_dir=str(gtiny[1]), checkpoint_dir=str(tmp_path / "saved"), log_dir=str(tmp_path / "log"),
                   finetune="lora")
     sft = run_recbole(model="GenLMM", dataset="gtiny", config_dict=_cfg(data_path, epochs=1, **common))
     sft_file = sft["model_file"]
     config = Config(model="GenLMM", dataset="gtiny", config_dict=_cfg(
         data_path, stage="rl", init_from=sft_file, **{**RL, "rl_steps": 3, "rl_learning_rate": 5e-3}, **common))
-    train_data, *_ = data_preparation(config, create_dataset(config))
-    model = GenLMM(config, train_data._dataset)
-    trainer = GenLMMRLTrainer(config, model)
+    train_data, *_ = data_preparation(config, create_dataset(config, images=True))
+    model = build_model(config, train_data._dataset)
+    trainer = build_trainer(config, model)
     assert trainer.reference is None  # no second copy of the weights
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(".rl." in n for n in trainable)
     sft_model = load_data_and_model(sft_file)[1].eval()
-    histories, tokens = [[1, 2, 3], [5]], model.core.item_tokens[torch.tensor([4, 6])]
+    histories, tokens = [[1, 2, 3], [5]], model.core.tokens_of(torch.tensor([4, 6]))
     with torch.no_grad():
-        sft_logp, _ = sft_model.core.token_logprobs(histories, tokens)
+        sft_logp = sft_model.core.token_logprobs(histories, tokens)[0]
         assert torch.allclose(model.core.token_logprobs(histories, tokens)[0], sft_logp, atol=1e-5)  # starts at SFT
     trainer.fit(train_data, saved=True)
     with torch.no_grad():
-        moved, _ = model.core.token_logprobs(histories, tokens)
+        moved = model.core.token_logprobs(histories, tokens)[0]
         with trainer.reference_policy() as reference:
-            ref, _ = reference.token_logprobs(histories, tokens)
+            ref = reference.token_logprobs(histories, tokens)[0]
     assert not torch.allclose(moved, sft_logp, atol=1e-4) and torch.allclose(ref, sft_logp, atol=1e-5)
     saved = load_checkpoint(trainer.saved_model_file)["state_dict"]
     assert any(".rl." in k for k in saved) and any(".default." in k for k in saved)

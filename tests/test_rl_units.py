@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 from recbole_gen.trainer.rewards import (RewardSet, Rollout, combine, diversity_penalty, history_reward,
                                          recommender_reward, target_reward)
-from recbole_gen.trainer.rl import clipped_policy_loss, group_advantages, kl_penalty, rl_settings
-from test_genlmm_support import emoji64, make_core, vq_cache  # noqa: F401
+from recbole_gen.trainer.rl import clipped_policy_loss, group_advantages, kl_penalty
+from test_genlmm_support import emoji64, make_core, gtiny  # noqa: F401
 
 
 def _unit(*rows):
@@ -115,47 +115,47 @@ def test_kl_penalty_zero_when_equal_positive_otherwise():
     assert torch.allclose(kl_penalty(logp, ref), d.exp() - d - 1) and (kl_penalty(logp, ref) > 0).all()
 
 
-def test_token_logprobs_match_the_sft_loss_and_policy_equals_reference(emoji64, vq_cache):
+def test_token_logprobs_match_the_sft_loss_and_policy_equals_reference(emoji64, gtiny):
     torch.manual_seed(0)
-    core = make_core(emoji64, vq_cache).eval()
+    core = make_core(gtiny).eval()
     histories, targets = [[1, 2, 3], [], [40, 41]], torch.tensor([4, 5, 42])
     with torch.no_grad():
-        logp, entropy = core.token_logprobs(histories, core.item_tokens[targets])
-        sft = core.loss(histories, targets, reduction="none")
+        logp, _, entropy = core.token_logprobs(histories, core.tokens_of(targets))
+        sft = core.loss(histories, targets, parts=True)["image"]
     assert torch.allclose(-logp.mean(1), sft, atol=1e-5)
     assert (entropy > 0).all() and (entropy <= math.log(core.backbone.codebook_size) + 1e-4).all()
     # generated tokens score the same under the policy and an identical reference: KL exactly 0
-    tokens = core.generate_tokens(histories, num_samples=2, temperature=1.0, seed=3).flatten(0, 1)
+    tokens = core.generate_tokens(histories, num_samples=2, temperature=1.0, seed=3)[0].flatten(0, 1)
     flat = [h for h in histories for _ in range(2)]
     import copy
 
     reference = copy.deepcopy(core)
     with torch.no_grad():
-        a, _ = core.token_logprobs(flat, tokens)
-        b, _ = reference.token_logprobs(flat, tokens)
+        a = core.token_logprobs(flat, tokens)[0]
+        b = reference.token_logprobs(flat, tokens)[0]
     assert torch.equal(kl_penalty(a, b), torch.zeros_like(a))
     # temperature divides the logits
     with torch.no_grad():
-        hot, _ = core.token_logprobs(flat, tokens, temperature=2.0)
+        hot = core.token_logprobs(flat, tokens, temperature=2.0)[0]
     assert not torch.allclose(hot, a)
 
 
-def test_lora_rl_adapter_starts_at_the_sft_policy_and_switching_it_off_is_the_reference(emoji64, vq_cache):
+def test_lora_rl_adapter_starts_at_the_sft_policy_and_switching_it_off_is_the_reference(emoji64, gtiny):
     torch.manual_seed(0)
-    core = make_core(emoji64, vq_cache, finetune="lora").eval()
+    core = make_core(gtiny, finetune="lora").eval()
     sft_adapter = core.lmm.model.language_model.layers[0].self_attn.q_proj.lora_B["default"].weight
     with torch.no_grad():
         sft_adapter.normal_()  # an SFT adapter that changes the model
     histories, targets = [[1, 2, 3], [40]], torch.tensor([4, 41])
-    tokens = core.item_tokens[targets]
+    tokens = core.tokens_of(targets)
     with torch.no_grad():
-        sft, _ = core.token_logprobs(histories, tokens)
+        sft = core.token_logprobs(histories, tokens)[0]
     core.add_rl_adapter(seed=0)
     trainable = {n for n, p in core.named_parameters() if p.requires_grad}
     assert trainable and all(".rl." in n for n in trainable), sorted(trainable)[:5]
     assert trainable <= core.saved_parameters and any(".default." in n for n in core.saved_parameters)
     with torch.no_grad():
-        start, _ = core.token_logprobs(histories, tokens)
+        start = core.token_logprobs(histories, tokens)[0]
     assert torch.allclose(start, sft, atol=1e-6)  # a fresh adapter is zero
     optimizer = torch.optim.SGD([p for p in core.parameters() if p.requires_grad], lr=0.5)
     for _ in range(3):
@@ -163,13 +163,8 @@ def test_lora_rl_adapter_starts_at_the_sft_policy_and_switching_it_off_is_the_re
         core.loss(histories, targets).backward()
         optimizer.step()
     with torch.no_grad():
-        moved, _ = core.token_logprobs(histories, tokens)
+        moved = core.token_logprobs(histories, tokens)[0]
         with core.reference_policy() as reference:
-            ref, _ = reference.token_logprobs(histories, tokens)
+            ref = reference.token_logprobs(histories, tokens)[0]
     assert not torch.allclose(moved, sft, atol=1e-4) and torch.allclose(ref, sft, atol=1e-6)
     assert {n for n, p in core.named_parameters() if p.requires_grad} == trainable  # restored after the switch
-
-
-def test_rl_settings_defaults_and_overrides():
-    s = rl_settings({"rl_group_size": 8, "rl_kl_coef": None})
-    assert s["rl_group_size"] == 8 and s["rl_kl_coef"] == 0.05 and s["init_from"] is None

@@ -25,9 +25,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import recbole_gen  # noqa: E402,F401
-from recbole_gen.evaluator.catalogue import ImageCatalogue  # noqa: E402
-from recbole_gen.evaluator.encoders import build_image_encoder  # noqa: E402
-from recbole_gen.evaluator.index import CatalogueIndex  # noqa: E402
+from recbole_gen.retrieval.catalogue import ImageCatalogue  # noqa: E402
+from recbole_gen.retrieval.encoders import build_image_encoder  # noqa: E402
+from recbole_gen.retrieval.index import CatalogueIndex  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -133,7 +133,7 @@ def emoji_seq_eval(models=("SASRec",)):
 
     from recbole_gen.config import Config
     from recbole_gen.data import create_dataset
-    from recbole_gen.evaluator.catalogue import clear_catalogue_cache
+    from recbole_gen.retrieval.catalogue import clear_catalogue_cache
     from recbole_gen.trainer.evaluation import with_image_metrics
     from recbole_gen.utils import get_model
 

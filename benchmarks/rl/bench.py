@@ -26,7 +26,7 @@ import torch  # noqa: E402
 torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
 
 import recbole_gen  # noqa: E402,F401
-from recbole_gen.compat import load_checkpoint  # noqa: E402
+from recbole_gen.checkpoint import load_checkpoint  # noqa: E402
 from recbole_gen.quick_start import run_recbole  # noqa: E402
 
 METRICS = ["Hit", "NDCG", "MRR", "TargetSim", "TargetSimBest", "HistorySim", "Diversity", "ImageCoverage", "Novelty",

@@ -11,7 +11,7 @@ RecBole's ``recbole.quick_start`` imports ``ray.tune`` at module level (ray <= 2
 from recbole_gen.compat.numpy_aliases import patch_numpy_aliases
 from recbole_gen.compat.pandas_cow import patch_pandas_copy_on_write
 from recbole_gen.compat.scipy_dok import patch_scipy_dok_update
-from recbole_gen.compat.torch_load import patch_torch_load, load_checkpoint
+from recbole_gen.compat.torch_load import patch_torch_load
 
 _applied = False
 
@@ -28,4 +28,4 @@ def apply():
     _applied = True
 
 
-__all__ = ["apply", "load_checkpoint"]
+__all__ = ["apply"]

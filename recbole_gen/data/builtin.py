@@ -3,12 +3,16 @@
 RecBole would otherwise ask on stdin whether to download a dataset it knows (a hang in a
 script) or fail with a terse message. recbole-gen never downloads at run time: a built-in
 dataset is built locally on first use; anything else must already be on disk.
+
+A build writes beside the dataset folder and swaps it in under the folder's exclusive lock
+(:func:`recbole_gen.files.staged_folder`), keeping the old folder's cache; readers hold the shared
+lock while they read (:func:`recbole_gen.data.dataset.create_dataset`), so a rebuild never destroys
+a dataset, and a reader never sees half of one.
 """
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
+
+from recbole_gen.files import folder_lock, staged_folder
 
 BUILDERS = {}
 CHECKS = {}
@@ -20,8 +24,9 @@ class DatasetNotFoundError(FileNotFoundError):
 
 def register_dataset(name, check=None):
     """Decorator: ``builder(folder: Path, config) -> None`` writes the dataset's files into ``folder``
-    (``config``: a RecBole Config, a dict of overrides, or None). ``check(folder, config)``, if given,
-    returns a warning (str) when a folder already built does not match the config's build options."""
+    (``config``: a :class:`recbole_gen.config.Config`, whose dataset yaml holds the build options).
+    ``check(folder, config)``, if given, returns a warning (str) when a folder already built does not
+    match the config's build options."""
 
     def decorator(builder):
         BUILDERS[name] = builder
@@ -32,35 +37,29 @@ def register_dataset(name, check=None):
     return decorator
 
 
-def has_atomic_files(folder, name):
-    return any((Path(folder) / f"{name}.{suffix}").is_file() for suffix in ("inter", "user", "item"))
+def has_atomic_files(folder, name, benchmark_files=None):
+    """Whether ``folder`` holds the dataset: ``<name>.inter/.user/.item``, or pre-split ``<name>.<part>.inter``."""
+    names = [f"{name}.{suffix}" for suffix in ("inter", "user", "item")]
+    names += [f"{name}.{part}.inter" for part in benchmark_files or []]
+    return any((Path(folder) / file).is_file() for file in names)
 
 
-def build_dataset(name, folder, config=None):
-    """Run ``name``'s builder into a temporary sibling folder, then move it into place atomically."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))
-    try:
+def build_dataset(name, folder, config):
+    """Run ``name``'s builder into a staging folder beside ``folder``, then swap it in (keeping ``.cache``)."""
+    with staged_folder(folder, keep=(".cache",)) as staging:
         BUILDERS[name](staging, config)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(staging, 0o777 & ~mask)  # mkdtemp makes it 0700
-        if folder.exists():  # an empty or partial folder left by hand: replace it
-            shutil.rmtree(folder)
-        staging.rename(folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
+    return Path(folder)
 
 
 def ensure_dataset_files(config):
     """Make sure ``config['data_path']`` holds the dataset; build it if it is a built-in one."""
     name, folder = config["dataset"], Path(config["data_path"])
-    if has_atomic_files(folder, name):
-        warning = CHECKS[name](folder, config) if name in CHECKS else None
-        if warning:
-            logging.getLogger().warning(warning)
+    with folder_lock(folder):
+        present = has_atomic_files(folder, name, config["benchmark_filename"])
+        warning = CHECKS[name](folder, config) if present and name in CHECKS else None
+    if warning:
+        logging.getLogger().warning(warning)
+    if present:
         return folder
     if name in BUILDERS:
         return build_dataset(name, folder, config)

@@ -5,34 +5,30 @@ hashes it knows and one row per hash. A lookup returns the rows it has and compu
 missing ones, so a changed image (new hash) or a changed setting (new file) invalidates exactly
 its entries. Files are written to a temporary name in the same folder and renamed into place,
 so a crash never leaves half a cache file; a cache file that cannot be read is ignored and
-rebuilt.
+rebuilt. Writes hold ``lock`` (the dataset folder's shared lock), so a dataset rebuild never swaps the
+folder from under a cache write.
 """
-import hashlib
+import contextlib
 import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
-from recbole_gen.files import atomic_write, atomic_write_bytes
+from recbole_gen.files import atomic_write, atomic_write_bytes, digest
 
 logger = logging.getLogger(__name__)
-
-
-def settings_digest(settings):
-    """A stable short digest of a JSON-serialisable settings dict."""
-    text = json.dumps(settings, sort_keys=True, default=str)
-    return hashlib.blake2b(text.encode(), digest_size=10).hexdigest()
 
 
 class FeatureCache:
     """Content-addressed rows on disk: ``lookup(kind, settings, hashes, compute)``."""
 
-    def __init__(self, root):
+    def __init__(self, root, lock=contextlib.nullcontext):
         self.root = Path(root)
+        self.lock = lock
 
     def file(self, kind, settings):
-        return self.root / kind / f"{settings_digest(settings)}.npz"
+        return self.root / kind / f"{digest(settings, 20)}.npz"
 
     def _load(self, path):
         if not path.is_file():
@@ -78,11 +74,12 @@ class FeatureCache:
         keep = [h for h in index if h not in set(new_hashes)]
         hashes = np.array(keep + list(new_hashes), dtype=str)
         values = new_rows if not keep else np.concatenate([stored[[index[h] for h in keep]], new_rows])
-        atomic_write(path, lambda f: np.savez(f, hashes=hashes, values=values))
-        settings_file = path.with_suffix(".json")
-        if not settings_file.is_file():
-            atomic_write_bytes(settings_file, json.dumps({"kind": kind, "settings": settings},
-                                                         sort_keys=True, indent=1, default=str).encode())
+        with self.lock():
+            atomic_write(path, lambda f: np.savez(f, hashes=hashes, values=values))
+            settings_file = path.with_suffix(".json")
+            if not settings_file.is_file():
+                atomic_write_bytes(settings_file, json.dumps({"kind": kind, "settings": settings},
+                                                             sort_keys=True, indent=1, default=str).encode())
 
     def lookup(self, kind, settings, hashes, compute):
         """Rows for ``hashes`` (list of str; '' = a zero row); ``compute(positions) -> rows`` runs once
@@ -105,5 +102,6 @@ class FeatureCache:
         return rows, len(missing)
 
     def _recompute_all(self, kind, settings, hashes, compute):
-        self.file(kind, settings).unlink(missing_ok=True)
+        with self.lock():
+            self.file(kind, settings).unlink(missing_ok=True)
         return self.lookup(kind, settings, hashes, compute)

@@ -1,1 +1,80 @@
-"""Dataset classes for recbole-gen models, looked up as ``<Model>Dataset`` by ``create_dataset``."""
+"""RecBole datasets that own their item images, and ``create_dataset``.
+
+``ItemImagesMixin`` extends a RecBole dataset class the way RecBole-GNN's ``SocialDataset`` does: it
+overrides one processing step and calls ``super()``. Before RecBole filters and remaps, the item image
+store is built once from the raw item tokens (validating every image, under ``image_policy``); under
+``image_policy: skip`` the items without a usable image are dropped there, so they get no id and every
+model sees the same, smaller catalogue. After remapping, the store is re-ordered to RecBole's internal
+ids. Splits are shallow copies, so the model, the evaluation and the gallery share one store.
+
+``create_dataset`` builds a built-in dataset if needed, then picks recbole-gen's ``<Model>Dataset`` or
+an image dataset class when the run needs images, and falls back to RecBole's (as RecBole-GNN does).
+"""
+import importlib
+import logging
+
+import numpy as np
+import pandas as pd
+from recbole.data import create_dataset as recbole_create_dataset
+from recbole.data.dataset import Dataset, SequentialDataset
+from recbole.utils import ModelType
+
+from recbole_gen.data.builtin import ensure_dataset_files
+from recbole_gen.data.images import ItemImageStore, dataset_folder
+from recbole_gen.files import folder_lock
+
+
+class ItemImagesMixin:
+    """Mix in before a RecBole dataset class: ``dataset.image_store`` holds the item images by internal id."""
+
+    image_store = None
+
+    def _data_processing(self):
+        self.image_store = ItemImageStore.from_tokens(self.config, ["[PAD]", *self._raw_item_tokens()])
+        if self.config["image_policy"] == "skip":
+            self._drop_items(set(self.image_store.problem_items()))
+        super()._data_processing()
+        tokens = self.id2token(self.iid_field, np.arange(self.item_num))
+        self.image_store = self.image_store.select(tokens)
+
+    def _raw_item_tokens(self):
+        columns = [feat[self.iid_field] for feat in (self.item_feat, self.inter_feat)
+                   if feat is not None and self.iid_field in feat]
+        return pd.unique(pd.concat(columns).astype(str)) if columns else []
+
+    def _drop_items(self, tokens):
+        if not tokens:
+            return
+        for name in ("inter_feat", "item_feat"):
+            feat = getattr(self, name, None)
+            if feat is not None and self.iid_field in feat:
+                setattr(self, name, feat[~feat[self.iid_field].astype(str).isin(tokens)].reset_index(drop=True))
+        logging.getLogger().warning(
+            f"image_policy=skip: dropped {len(tokens)} item(s) without a usable image: "
+            f"{', '.join(sorted(tokens)[:10])}{' ...' if len(tokens) > 10 else ''}"
+        )
+
+
+class ImageDataset(ItemImagesMixin, Dataset):
+    """RecBole's ``Dataset`` (general and context models) with item images."""
+
+
+class ImageSequentialDataset(ItemImagesMixin, SequentialDataset):
+    """RecBole's ``SequentialDataset`` with item images."""
+
+
+IMAGE_DATASETS = {ModelType.SEQUENTIAL: ImageSequentialDataset}
+
+
+def create_dataset(config, images=False):
+    """The dataset for ``config``: recbole-gen's ``<Model>Dataset`` if there is one, an image dataset when
+    ``images`` (the model or the metrics need item images) or ``image_policy: skip``, else RecBole's own.
+    Reads under the dataset folder's shared lock, so a concurrent rebuild waits."""
+    ensure_dataset_files(config)
+    with folder_lock(dataset_folder(config)):
+        dataset_class = getattr(importlib.import_module("recbole_gen.data.dataset"), config["model"] + "Dataset", None)
+        if dataset_class is None and (images or config["image_policy"] == "skip"):
+            dataset_class = IMAGE_DATASETS.get(config["MODEL_TYPE"], ImageDataset)
+        if dataset_class is not None:
+            return dataset_class(config)
+        return recbole_create_dataset(config)

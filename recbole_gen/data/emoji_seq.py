@@ -39,17 +39,10 @@ from recbole_gen.files import atomic_write_bytes
 logger = logging.getLogger(__name__)
 
 NAME = "emoji-seq"
-EMOJI_TEST = "/usr/share/unicode/emoji/emoji-test.txt"
-EMOJI_FONT = "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
 INSTALL_HINT = "install them with `apt-get install fonts-noto-color-emoji unicode-data`"
 
-OPTIONS = {  # config key -> default (properties/dataset/emoji-seq.yaml sets the same)
-    "emoji_seq_users": 4000,
-    "emoji_seq_seed": 2024,
-    "emoji_seq_image_px": 64,
-    "emoji_test_file": EMOJI_TEST,
-    "emoji_font_file": EMOJI_FONT,
-}
+#: build options (config keys; defaults in properties/dataset/emoji-seq.yaml) recorded in emoji-seq.sim.json
+BUILD_OPTIONS = ("emoji_seq_users", "emoji_seq_seed", "emoji_seq_image_px")
 SIMULATOR = {
     "version": 1,
     "p_two_groups": 0.35,
@@ -76,16 +69,8 @@ class EmojiResourceError(DatasetNotFoundError):
 
 
 def _options(config):
-    out = {}
-    for key, default in OPTIONS.items():
-        try:
-            value = config[key] if config is not None else None
-        except (KeyError, TypeError):
-            value = None
-        out[key] = default if value is None else value
-    for key in ("emoji_seq_users", "emoji_seq_seed", "emoji_seq_image_px"):
-        out[key] = int(out[key])
-    return out
+    """The build options of ``config`` as plain ints (they are recorded, and compared with a built folder)."""
+    return {key: int(config[key]) for key in BUILD_OPTIONS}
 
 
 def slug(text):
@@ -95,7 +80,7 @@ def slug(text):
 # ----------------------------------------------------------------------------- catalogue
 
 
-def parse_emoji_test(path=EMOJI_TEST):
+def parse_emoji_test(path):
     """Fully-qualified emoji of ``emoji-test.txt``: list of dicts (token, char, name, group, subgroup)."""
     path = Path(path)
     if not path.is_file():
@@ -127,7 +112,7 @@ def parse_emoji_test(path=EMOJI_TEST):
     return items
 
 
-def render_emoji(chars, px, font_path=EMOJI_FONT):
+def render_emoji(chars, px, font_path):
     """Render emoji strings in colour on white: list of RGB ``PIL.Image`` of ``px`` x ``px``."""
     from PIL import Image, ImageDraw, ImageFont
 
@@ -247,7 +232,7 @@ def check_built(folder, config):
         built = json.loads((Path(folder) / f"{NAME}.sim.json").read_text())["options"]
     except (OSError, ValueError, KeyError):
         return None
-    wanted = {k: _options(config)[k] for k in built}
+    wanted = _options(config)
     if wanted != built:
         return (f"{folder} was built with {built}, the config asks for {wanted}; using the files on disk "
                 f"(rebuild with `recbole-gen make-dataset {NAME} --force`, or point data_path elsewhere)")
@@ -255,14 +240,14 @@ def check_built(folder, config):
 
 
 @register_dataset(NAME, check=check_built)
-def build_emoji_seq(folder, config=None):
+def build_emoji_seq(folder, config):
     """Write emoji-seq's atomic files, images and ground truth into ``folder``."""
     opts = _options(config)
     start = time.time()
     folder = Path(folder)
-    items = parse_emoji_test(opts["emoji_test_file"])
+    items = parse_emoji_test(config["emoji_test_file"])
     px = opts["emoji_seq_image_px"]
-    images = render_emoji([it["char"] for it in items], px, opts["emoji_font_file"])
+    images = render_emoji([it["char"] for it in items], px, config["emoji_font_file"])
     (folder / "images").mkdir(parents=True, exist_ok=True)
     for it, img in zip(items, images):
         img.save(folder / "images" / f"{it['token']}.png", format="PNG")
@@ -286,7 +271,7 @@ def build_emoji_seq(folder, config=None):
         np.savez_compressed(f, **truth)
     meta = {
         "dataset": NAME,
-        "options": {k: opts[k] for k in ("emoji_seq_users", "emoji_seq_seed", "emoji_seq_image_px")},
+        "options": opts,
         "simulator": SIMULATOR,
         "users": int(len(users)),
         "items": int(len(items)),

@@ -5,10 +5,12 @@ image field (``image_field``, default ``image``, declared ``image:token``) whose
 image's path relative to the dataset folder, e.g. ``images/1F600.png``. When the ``.item`` file
 has no such column (or there is no ``.item`` file, as for a bare ``ml-100k``), images are looked
 up by item token in the folder ``image_dir`` (default ``images``): ``images/<item token>.<ext>``.
+Paths must stay inside the dataset folder unless ``allow_external_images`` is set.
 
 The image path and the optional item text are read straight from the ``.item`` file (exactly as
 written, spaces included), so neither needs to be in RecBole's ``load_col``; RecBole's remapping,
-filtering and splits are untouched. Rows of everything here follow RecBole's internal item ids
+filtering and splits are untouched. The store is built once per dataset by
+:class:`recbole_gen.data.dataset.ItemImagesMixin`; its rows then follow RecBole's internal item ids
 (``dataset.id2token(ITEM_ID_FIELD, i)``); row 0 is RecBole's padding item.
 """
 import csv
@@ -18,22 +20,35 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from recbole_gen.data.cache import FeatureCache
-from recbole_gen.utils import config_value
+from recbole_gen.files import folder_lock
 
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 TEXT_FIELD_CANDIDATES = ("name", "title", "movie_title")
 POLICIES = ("error", "skip", "placeholder")
+FITS = ("pad", "crop", "stretch")
 PLACEHOLDER_HASH = "placeholder"
 SHOW = 10  # how many ids/files an error message names before it gives the count
+COMPUTE_BATCH = 1024  # items per ``cached`` compute call: pixels are converted to float a batch at a time
 
 
 class ItemImageError(ValueError):
     """An item image is missing, unreadable or unexpected; the message names items and files."""
+
+
+def dataset_folder(config):
+    """The dataset's folder (RecBole's ``data_path`` already ends with the dataset name)."""
+    return Path(config["data_path"])
+
+
+def cache_dir(config):
+    """Where derived per-item data lives: ``cache_dir``, or ``<dataset folder>/.cache`` when it is ``~``."""
+    return Path(config["cache_dir"]) if config["cache_dir"] else dataset_folder(config) / ".cache"
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -74,8 +89,6 @@ def decode_image(path, size, fit="pad", background=(255, 255, 255)):
         img = canvas
     elif w != h and fit == "crop":
         img = ImageOps.fit(img, (min(w, h), min(w, h)), Image.Resampling.LANCZOS)
-    elif fit not in ("pad", "crop", "stretch"):
-        raise ValueError(f"image_fit must be pad, crop or stretch, not '{fit}'")
     if img.size != (size, size):
         img = img.resize((size, size), Image.Resampling.LANCZOS)
     return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy()
@@ -85,21 +98,39 @@ def file_hash(path):
     return hashlib.blake2b(Path(path).read_bytes(), digest_size=16).hexdigest()
 
 
+def to_float(pixels_u8):
+    """uint8 ``[N, 3, S, S]`` (numpy or torch) -> float32 tensor in [0, 1]."""
+    return torch.as_tensor(pixels_u8).float().div_(255.0)
+
+
+def resize(pixels, size):
+    """Pixels ``[N, 3, H, W]`` in [0, 1] at ``size`` x ``size`` (bilinear, antialiased when shrinking), float32;
+    every model and encoder resizes with this one function, so a catalogue image means the same everywhere."""
+    pixels = pixels.float()
+    if size is None or pixels.shape[-2:] == (size, size):
+        return pixels
+    antialias = pixels.shape[-1] > size
+    return F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False, antialias=antialias).clamp_(0, 1)
+
+
+def centred_unit(pixels, mean):
+    """The pixel feature: flatten, subtract the catalogue's mean image, L2-normalise. Without the mean, every
+    item on a white background looks alike; with it, a blurred or re-drawn item still finds itself."""
+    return F.normalize((pixels.float() - mean.to(pixels.device)).flatten(1), dim=1)
+
+
 # ----------------------------------------------------------------------------- the .item file
 
 
 def read_item_columns(config, columns):
     """``{column: {item token: raw string}}`` for the named ``.item`` columns (exact text, spaces kept),
     plus the header's field names. Missing file -> ({}, [])."""
-    folder, name = Path(config["data_path"]), config["dataset"]
-    path = folder / f"{name}.item"
+    path = dataset_folder(config) / f"{config['dataset']}.item"
     if not path.is_file():
         return {}, []
-    sep = config_value(config, "field_separator", "\t")
-    encoding = config_value(config, "encoding", "utf-8")
-    iid = config_value(config, "ITEM_ID_FIELD", "item_id")
-    with open(path, newline="", encoding=encoding) as f:
-        reader = csv.reader(f, delimiter=sep, quoting=csv.QUOTE_NONE)
+    iid = config["ITEM_ID_FIELD"]
+    with open(path, newline="", encoding=config["encoding"]) as f:
+        reader = csv.reader(f, delimiter=config["field_separator"], quoting=csv.QUOTE_NONE)
         header = next(reader, [])
         names = [h.split(":")[0] for h in header]
         if iid not in names:
@@ -122,207 +153,108 @@ def read_item_columns(config, columns):
 
 
 class ItemImageStore:
-    """Item images (and texts) of a RecBole dataset, one row per internal item id.
+    """Item images (and texts) of a RecBole dataset, one row per item token (row 0: padding).
 
-    ``pixels()`` [item_num, 3, S, S] floats in [0, 1] (row 0, the padding item, is zeros);
-    ``has_image`` bool [item_num]; ``item_texts()``; ``item_hashes``; ``cached(kind, settings,
-    compute)`` for derived per-item features (image tokens, embeddings) on disk.
+    Pixels are held once, as uint8; :meth:`pixels` converts the rows asked for. ``has_image`` bool
+    [item_num]; :meth:`item_texts`; ``item_hashes``; :meth:`cached` for derived per-item features
+    (image tokens, embeddings) on disk.
     """
 
-    def __init__(self, config, item_tokens, paths, texts, folder, cache_dir, problems=None, policy=None):
+    def __init__(self, config, item_tokens, texts, hashes, pixels_u8, has_image, problems):
         self.config = config
         self.item_tokens = list(item_tokens)
         self.item_num = len(self.item_tokens)
-        self.folder = Path(folder)
-        self.image_size = int(config_value(config, "image_size", 32))
-        self.policy = policy or config_value(config, "image_policy", "error")
-        if self.policy not in POLICIES:
-            raise ValueError(f"image_policy must be one of {', '.join(POLICIES)}, not '{self.policy}'")
-        self.fit = config_value(config, "image_fit", "pad")
-        self.background = tuple(int(v) for v in config_value(config, "image_background", [255, 255, 255]))
-        self.paths = paths  # per internal id: Path or None
-        self._texts = texts
-        self.cache = FeatureCache(cache_dir)
-        self._problems = problems if problems is not None else _Problems()
-        self.stats = {"decoded": 0, "pixels_from_cache": 0}
-        self._pixels_u8 = None
-        self._pixels = None
-        self._load()
+        self.image_size = int(config["image_size"])
+        self.folder = dataset_folder(config)
+        self.cache = FeatureCache(cache_dir(config), lock=lambda: folder_lock(self.folder))
+        self.item_hashes = list(hashes)
+        self.has_image = torch.as_tensor(has_image, dtype=torch.bool)
+        self._texts = list(texts)
+        self._pixels_u8 = pixels_u8
+        self._problems = problems
 
     # -- construction ---------------------------------------------------------------------
 
     @classmethod
-    def from_dataset(cls, config, dataset):
-        """Build the store for a RecBole dataset (after ``create_dataset``); validates every image."""
-        tokens = [str(t) for t in dataset.id2token(dataset.iid_field, np.arange(dataset.item_num))]
-        return cls.from_tokens(config, tokens)
-
-    @classmethod
-    def from_tokens(cls, config, tokens, policy=None):
-        """The store for item tokens in row order (``tokens[0]`` is the padding item)."""
-        folder = Path(config["data_path"])
-        image_field = config_value(config, "image_field", "image")
-        image_dir = config_value(config, "image_dir", "images")
-        text_field = config["item_text_field"] if _has(config, "item_text_field") else None
-        wanted = [image_field] + ([text_field] if text_field else list(TEXT_FIELD_CANDIDATES))
-        columns, header = read_item_columns(config, wanted)
-        if text_field is None:  # not set: the first usual column that exists
-            text_field = next((c for c in TEXT_FIELD_CANDIDATES if c in columns), None)
-        elif text_field and text_field not in columns:  # '' turns texts off
-            raise ItemImageError(
-                f"item_text_field '{text_field}' is not a column of {folder / (config['dataset'] + '.item')} "
-                f"(columns: {header or 'no .item file'}); set item_text_field to one of them or to ''"
-            )
-        texts = [""] * len(tokens)
-        if text_field:
-            col = columns[text_field]
-            texts = [col.get(t, "") if i else "" for i, t in enumerate(tokens)]
-
+    def from_tokens(cls, config, tokens):
+        """Find, validate and decode (through the pixel cache) the images of ``tokens`` (``tokens[0]`` is the
+        padding item), under ``image_policy``: ``error`` raises :class:`ItemImageError` naming every bad item."""
+        policy, fit = config["image_policy"], config["image_fit"]
+        if policy not in POLICIES:
+            raise ItemImageError(f"image_policy must be one of {', '.join(POLICIES)}, not '{policy}'")
+        if fit not in FITS:
+            raise ItemImageError(f"image_fit must be one of {', '.join(FITS)}, not '{fit}'")
+        tokens = [str(t) for t in tokens]
         problems = _Problems()
-        paths = [None] * len(tokens)
-        if image_field in columns:
-            col = columns[image_field]
-            for i, t in enumerate(tokens[1:], start=1):
-                value = col.get(t, "")
-                if not value:
-                    problems.add("no image", t, f"no '{image_field}' value in {config['dataset']}.item")
-                    continue
-                path = Path(value) if Path(value).is_absolute() else folder / value
-                if not path.is_file():
-                    problems.add("missing file", t, value)
-                    continue
-                paths[i] = path
-            referenced = {p.resolve() for p in paths if p is not None}
-            stray = [p for p in _image_files(folder / image_dir) if p.resolve() not in referenced]
-            if stray:
-                logger.warning(
-                    f"{len(stray)} file(s) in {folder / image_dir} belong to no item's '{image_field}' and are "
-                    f"ignored: {', '.join(p.name for p in stray[:SHOW])}{' ...' if len(stray) > SHOW else ''}"
-                )
-        elif (folder / image_dir).is_dir():
-            by_token = {}
-            for p in _image_files(folder / image_dir):
-                by_token.setdefault(p.stem, []).append(p)
-            known = set(tokens[1:])
-            for stem, files in by_token.items():
-                if stem not in known:
-                    problems.add("image for unknown item", stem, files[0].relative_to(folder))
-                elif len(files) > 1:
-                    problems.add("several images", stem, ", ".join(str(f.relative_to(folder)) for f in files))
-            for i, t in enumerate(tokens[1:], start=1):
-                files = by_token.get(t)
-                if not files:
-                    problems.add("no image", t, f"no {image_dir}/{t}.<{'|'.join(e[1:] for e in IMAGE_EXTENSIONS)}>")
-                elif len(files) == 1:
-                    paths[i] = files[0]
-        else:
-            raise ItemImageError(
-                f"dataset '{config['dataset']}' in {folder} has no item images: neither an '{image_field}' column in "
-                f"{config['dataset']}.item (set image_field) nor a folder {folder / image_dir} of "
-                f"<item token>.png files (set image_dir). See docs/data.md."
-            )
-        cache_dir = config_value(config, "cache_dir", None) or folder / ".cache"
-        return cls(config, tokens, paths, texts, folder, cache_dir, problems, policy)
-
-    def _load(self):
-        problems = self._problems
-        n = self.item_num
-        hashes = [""] * n
-        for i, path in enumerate(self.paths):
-            if path is None:
-                continue
-            try:
-                hashes[i] = file_hash(path)
-            except OSError as error:
-                problems.add("unreadable", self.item_tokens[i], f"{self._rel(path)} ({error})")
-                self.paths[i] = None
-        settings = self._pixel_settings()
-        rows, missing = self.cache.fetch("pixels", settings, hashes)
-        decoded_hashes, decoded = [], []
-        for i in missing:
-            try:
-                decoded.append(decode_image(self.paths[i], self.image_size, self.fit, self.background))
-                decoded_hashes.append(hashes[i])
-                self.stats["decoded"] += 1
-            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-                problems.add("unreadable", self.item_tokens[i], f"{self._rel(self.paths[i])} ({type(error).__name__}: {error})")
-        failed = set(hashes[i] for i in missing) - set(decoded_hashes)
-        hashes = ["" if h in failed else h for h in hashes]
-        self.stats["pixels_from_cache"] = sum(1 for h in hashes if h) - sum(1 for h in hashes if h in set(decoded_hashes))
-        # entries are content-addressed, so good items are cached even if others are bad
-        self.cache.put("pixels", settings, decoded_hashes, np.stack(decoded) if decoded else np.zeros((0,)))
+        texts = _texts(config, tokens)
+        paths = _image_paths(config, tokens, problems)
+        hashes, pixels = _decode_all(config, tokens, paths, problems)
         bad = problems.items()
-        if bad and self.policy == "error":
-            raise ItemImageError(problems.message(self.folder))
-        shape = (n, 3, self.image_size, self.image_size)
-        if rows is None or rows.shape != shape:
-            rows = np.zeros(shape, dtype=np.uint8)
-        by_hash = dict(zip(decoded_hashes, decoded))
-        for i, h in enumerate(hashes):
-            if h in by_hash:
-                rows[i] = by_hash[h]
-            elif not h:
-                rows[i] = 0
+        if bad and policy == "error":
+            raise ItemImageError(problems.message(dataset_folder(config)))
         has_image = np.array([bool(h) for h in hashes])
         if bad:
-            logger.warning(f"image_policy={self.policy}: {len(bad)} item(s) without a usable image ({problems.summary()})")
-            if self.policy == "placeholder":
-                grey = np.full((3, self.image_size, self.image_size), 128, dtype=np.uint8)
-                for i, t in enumerate(self.item_tokens):
-                    if i and not hashes[i]:
-                        hashes[i], rows[i] = PLACEHOLDER_HASH, grey
-        flat = rows.reshape(n, -1)
-        blank = [self.item_tokens[i] for i in range(1, n) if has_image[i] and flat[i].min() == flat[i].max()]
+            logger.warning(f"image_policy={policy}: {len(bad)} item(s) without a usable image ({problems.summary()})")
+            if policy == "placeholder":
+                for i in range(1, len(tokens)):
+                    if not hashes[i]:
+                        hashes[i], pixels[i] = PLACEHOLDER_HASH, 128
+        flat = pixels.reshape(len(tokens), -1)
+        blank = [tokens[i] for i in range(1, len(tokens)) if has_image[i] and flat[i].min() == flat[i].max()]
         if blank:
             logger.warning(f"{len(blank)} item image(s) are a single flat colour (check them): "
                            f"{', '.join(blank[:SHOW])}{' ...' if len(blank) > SHOW else ''}")
-        self.item_hashes = hashes
-        self.has_image = torch.from_numpy(has_image)
-        self._pixels_u8 = rows
-        logger.info(f"item images: {int(has_image[1:].sum())}/{n - 1} items at {self.image_size}px, "
-                    f"{self.stats['decoded']} decoded, {self.stats['pixels_from_cache']} from cache {self.cache.root}")
+        return cls(config, tokens, texts, hashes, pixels, has_image, problems)
+
+    def select(self, tokens):
+        """The store for ``tokens`` in that row order (e.g. RecBole's internal ids after remapping); rows come
+        from this store, nothing is read again. Tokens it does not hold get empty rows."""
+        row = {t: i for i, t in enumerate(self.item_tokens) if i}
+        index = np.array([row.get(str(t), 0) if k else 0 for k, t in enumerate(tokens)])
+        return ItemImageStore(self.config, [str(t) for t in tokens], [self._texts[i] for i in index],
+                              [self.item_hashes[i] for i in index], self._pixels_u8[index],
+                              self.has_image.numpy()[index] & (index > 0), self._problems)
 
     def problem_items(self):
         """Item tokens whose image is missing or unusable (empty under ``image_policy: error``)."""
         return sorted(self._problems.items())
 
-    def _pixel_settings(self):
-        return {"size": self.image_size, "fit": self.fit, "background": list(self.background),
-                "resample": "lanczos", "version": 1}
-
-    def _rel(self, path):
-        try:
-            return Path(path).relative_to(self.folder)
-        except ValueError:
-            return path
-
     # -- public API -----------------------------------------------------------------------
 
-    def pixels(self):
-        """float32 [item_num, 3, S, S] in [0, 1]; row 0 and rows of items without image are zeros
-        (under ``image_policy: placeholder`` those items get a flat grey image instead)."""
-        if self._pixels is None:
-            self._pixels = torch.from_numpy(self._pixels_u8).float().div_(255.0)
-        return self._pixels
+    def pixels(self, items=None):
+        """float32 ``[len(items), 3, S, S]`` in [0, 1] for internal ids ``items`` (all rows when ``None``: one
+        full float copy, so batch over ids for a large catalogue). The padding row and items without an image
+        are zeros (flat grey under ``image_policy: placeholder``)."""
+        rows = self._pixels_u8 if items is None else self._pixels_u8[torch.as_tensor(items).cpu().numpy()]
+        return to_float(rows)
 
     def item_texts(self):
         """Text (title/name) per internal item id; '' for the padding item and items without text."""
         return list(self._texts)
 
+    def item_column(self, field):
+        """The ``.item`` file's raw values of ``field`` per internal item id ('' for padding / no value): item
+        metadata such as a category, read like the image paths (no need for RecBole's ``load_col``)."""
+        columns, header = read_item_columns(self.config, [field])
+        if field not in columns:
+            raise ItemImageError(f"'{field}' is not a column of {self.folder / (self.config['dataset'] + '.item')} "
+                                 f"(columns: {header or 'no .item file'})")
+        return [columns[field].get(t, "") if i else "" for i, t in enumerate(self.item_tokens)]
+
     def cached(self, kind, settings, compute):
         """Per-item derived features through the disk cache, ``np.ndarray [item_num, ...]``.
 
-        ``compute(item_indices: LongTensor, pixels: FloatTensor[len, 3, S, S]) -> np.ndarray`` is
-        called once, for the items whose entry (image content hash + ``settings`` + image size) is
-        missing; items sharing identical image bytes share one entry. Padding and image-less items
-        get zero rows.
+        ``compute(item_indices: LongTensor, pixels: FloatTensor[len, 3, S, S]) -> np.ndarray`` is called in
+        batches of :data:`COMPUTE_BATCH` for the items whose entry (image content hash + ``settings`` + pixel
+        settings) is missing; items sharing identical image bytes share one entry. Padding and image-less
+        items get zero rows.
         """
-        full = {"settings": settings, "pixels": self._pixel_settings()}
-        pixels = self.pixels()
+        full = {"settings": settings, "pixels": _pixel_settings(self.config)}
 
         def run(positions):
-            idx = torch.as_tensor(positions, dtype=torch.long)
-            return np.asarray(compute(idx, pixels[idx]))
+            chunks = [np.asarray(compute(torch.as_tensor(part), self.pixels(part)))
+                      for part in np.array_split(positions, max(1, -(-len(positions) // COMPUTE_BATCH)))]
+            return np.concatenate(chunks)
 
         rows, n = self.cache.lookup(kind, full, self.item_hashes, run)
         if n:
@@ -330,6 +262,130 @@ class ItemImageStore:
         if rows is None:
             raise ItemImageError("no item has an image: nothing to compute")
         return rows
+
+
+def _texts(config, tokens):
+    text_field = config["item_text_field"]
+    wanted = [text_field] if text_field else list(TEXT_FIELD_CANDIDATES)
+    columns, header = read_item_columns(config, wanted)
+    if text_field is None:  # not set: the first usual column that exists
+        text_field = next((c for c in TEXT_FIELD_CANDIDATES if c in columns), None)
+    elif text_field and text_field not in columns:  # '' turns texts off
+        raise ItemImageError(
+            f"item_text_field '{text_field}' is not a column of {dataset_folder(config) / (config['dataset'] + '.item')} "
+            f"(columns: {header or 'no .item file'}); set item_text_field to one of them or to ''"
+        )
+    if not text_field:
+        return [""] * len(tokens)
+    column = columns[text_field]
+    return [column.get(t, "") if i else "" for i, t in enumerate(tokens)]
+
+
+def _image_paths(config, tokens, problems):
+    """Per token: the image file (a Path inside the dataset folder) or None, with each problem recorded."""
+    folder = dataset_folder(config)
+    image_field, image_dir = config["image_field"], config["image_dir"]
+    columns, _ = read_item_columns(config, [image_field])
+    paths = [None] * len(tokens)
+    if image_field in columns:
+        column = columns[image_field]
+        for i, t in enumerate(tokens[1:], start=1):
+            value = column.get(t, "")
+            if not value:
+                problems.add("no image", t, f"no '{image_field}' value in {config['dataset']}.item")
+            else:
+                paths[i] = _contained(config, folder, value, t, problems)
+        referenced = {p.resolve() for p in paths if p is not None}
+        stray = [p for p in _image_files(folder / image_dir) if p.resolve() not in referenced]
+        if stray:
+            logger.warning(
+                f"{len(stray)} file(s) in {folder / image_dir} belong to no item's '{image_field}' and are "
+                f"ignored: {', '.join(p.name for p in stray[:SHOW])}{' ...' if len(stray) > SHOW else ''}"
+            )
+    elif (folder / image_dir).is_dir():
+        by_token = {}
+        for p in _image_files(folder / image_dir):
+            by_token.setdefault(p.stem, []).append(p)
+        known = set(tokens[1:])
+        for stem, files in by_token.items():
+            if stem not in known:
+                problems.add("image for unknown item", stem, files[0].relative_to(folder))
+            elif len(files) > 1:
+                problems.add("several images", stem, ", ".join(str(f.relative_to(folder)) for f in files))
+        for i, t in enumerate(tokens[1:], start=1):
+            files = by_token.get(t)
+            if not files:
+                problems.add("no image", t, f"no {image_dir}/{t}.<{'|'.join(e[1:] for e in IMAGE_EXTENSIONS)}>")
+            elif len(files) == 1:
+                paths[i] = _contained(config, folder, files[0].relative_to(folder), t, problems)
+    else:
+        raise ItemImageError(
+            f"dataset '{config['dataset']}' in {folder} has no item images: neither an '{image_field}' column in "
+            f"{config['dataset']}.item (set image_field) nor a folder {folder / image_dir} of "
+            f"<item token>.png files (set image_dir). See docs/data.md."
+        )
+    return paths
+
+
+def _contained(config, folder, value, token, problems):
+    """``value`` (relative to the dataset folder) as a file path, or None with a problem recorded: missing, or
+    outside the dataset folder (an absolute path, ``..``, a symlink out) unless ``allow_external_images``."""
+    path = Path(value) if Path(value).is_absolute() else folder / value
+    if not config["allow_external_images"] and not path.resolve().is_relative_to(folder.resolve()):
+        problems.add("outside the dataset folder", token,
+                     f"{value} (paths are relative to {folder}; set allow_external_images: True to allow others)")
+        return None
+    if not path.is_file():
+        problems.add("missing file", token, value)
+        return None
+    return path
+
+
+def _pixel_settings(config):
+    return {"size": int(config["image_size"]), "fit": config["image_fit"],
+            "background": [int(v) for v in config["image_background"]], "resample": "lanczos", "version": 1}
+
+
+def _decode_all(config, tokens, paths, problems):
+    """Content hashes ('' = no usable image) and uint8 pixels [n, 3, S, S], decoding only what the cache lacks."""
+    folder = dataset_folder(config)
+    settings = _pixel_settings(config)
+    size, fit, background = settings["size"], settings["fit"], tuple(settings["background"])
+    hashes = [""] * len(tokens)
+    for i, path in enumerate(paths):
+        if path is not None:
+            try:
+                hashes[i] = file_hash(path)
+            except OSError as error:
+                problems.add("unreadable", tokens[i], f"{_relative(path, folder)} ({error})")
+    cache = FeatureCache(cache_dir(config), lock=lambda: folder_lock(folder))
+    rows, missing = cache.fetch("pixels", settings, hashes)
+    decoded = {}
+    for i in missing:
+        try:
+            decoded[hashes[i]] = decode_image(paths[i], size, fit, background)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+            problems.add("unreadable", tokens[i], f"{_relative(paths[i], folder)} ({type(error).__name__}: {error})")
+            hashes = ["" if h == hashes[i] else h for h in hashes]
+    # entries are content-addressed, so good items are cached even if others are bad
+    if decoded:
+        cache.put("pixels", settings, list(decoded), np.stack(list(decoded.values())))
+    pixels = np.zeros((len(tokens), 3, size, size), dtype=np.uint8)
+    for i, h in enumerate(hashes):
+        if h in decoded:
+            pixels[i] = decoded[h]
+        elif h and rows is not None:
+            pixels[i] = rows[i]
+    logger.info(f"item images: {sum(1 for h in hashes[1:] if h)}/{len(tokens) - 1} items at {size}px, "
+                f"{len(decoded)} decoded, the rest from cache {cache.root}")
+    return hashes, pixels
+
+
+def _relative(path, folder):
+    try:
+        return Path(path).relative_to(folder)
+    except ValueError:
+        return path
 
 
 class _Problems:
@@ -362,35 +418,3 @@ def _image_files(folder):
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-
-
-def _has(config, key):
-    try:
-        return config[key] is not None
-    except (KeyError, TypeError):
-        return False
-
-
-def items_without_images(config):
-    """Item tokens of a dataset's raw files (``.item`` and ``.inter``) that have no usable image;
-    used by ``create_dataset`` under ``image_policy: skip`` to drop them before RecBole remaps ids.
-    Decoded pixels land in the cache, so the store built afterwards decodes nothing again."""
-    folder, name = Path(config["data_path"]), config["dataset"]
-    iid = config_value(config, "ITEM_ID_FIELD", "item_id")
-    tokens = {}
-    for suffix in ("item", "inter"):
-        path = folder / f"{name}.{suffix}"
-        if not path.is_file():
-            continue
-        sep = config_value(config, "field_separator", "\t")
-        with open(path, newline="", encoding=config_value(config, "encoding", "utf-8")) as f:
-            reader = csv.reader(f, delimiter=sep, quoting=csv.QUOTE_NONE)
-            names = [h.split(":")[0] for h in next(reader, [])]
-            if iid not in names:
-                continue
-            k = names.index(iid)
-            for row in reader:
-                if len(row) > k and row[k]:
-                    tokens.setdefault(row[k], None)
-    store = ItemImageStore.from_tokens(config, ["[PAD]", *tokens], policy="skip")
-    return set(store.problem_items())

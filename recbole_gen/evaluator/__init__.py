@@ -1,10 +1,10 @@
-"""Image encoders, the catalogue index and generation metrics registered into RecBole.
+"""Evaluation: generation metrics registered into RecBole, the image collector, and image evaluation for any
+trainer (generators ranked by their images, rankers judged by their top items' images).
 
-Importing this package registers the image metrics (TargetSim, Novelty, FD, ...) into RecBole's
-metric registry; it is cheap (no FAISS / open_clip import). The heavier parts load on first use:
+Importing this package registers the image metrics (TargetSim, Novelty, FD, ...) into RecBole's metric
+registry; it is cheap (no FAISS / open_clip import). The heavier parts load on first use:
 
-    from recbole_gen.evaluator import build_image_encoder, CatalogueIndex, ImageCatalogue
-    from recbole_gen.evaluator import catalogue_scores, image_metrics
+    from recbole_gen.evaluator import catalogue_scores, image_metrics, with_image_evaluation
 """
 import importlib
 
@@ -13,13 +13,10 @@ from recbole_gen.evaluator.metrics import IMAGE_METRIC_NAMES, register_metrics, 
 register_metrics()
 
 _LAZY = {
-    "ImageEncoder": "encoders", "build_image_encoder": "encoders",
-    "build_image_encoder_from_config": "encoders", "EncoderWeightsError": "encoders",
-    "CatalogueIndex": "index", "EmptyCatalogueError": "index",
-    "ImageCatalogue": "catalogue",
-    "catalogue_scores": "scoring", "catalogue_topk": "scoring",
+    "catalogue_scores": "scoring", "catalogue_topk": "scoring", "rank_fusion": "scoring",
     "image_metrics": "functional", "frechet_distance": "functional",
     "KNNOracleJudge": "oracle", "build_oracle_judge": "oracle",
+    "ImageCollector": "collector", "with_image_evaluation": "image_evaluation",
 }
 
 __all__ = ["IMAGE_METRIC_NAMES", "register_metrics", "wants_image_metrics", *_LAZY]

@@ -22,7 +22,7 @@ Items without an image (zero embedding) count as undefined: a target without an 
 import numpy as np
 import torch
 
-from recbole_gen.evaluator.index import as_catalogue_index
+from recbole_gen.retrieval.index import as_catalogue_index
 
 
 def _nanmean(values, mask, dim):
@@ -98,7 +98,7 @@ def image_metrics(sample_emb, target_ids, history_ids, future_ids, catalogue_emb
         out["diversity"] = torch.full((batch,), float("nan"))
 
     if index is None:
-        from recbole_gen.evaluator.index import CatalogueIndex
+        from recbole_gen.retrieval.index import CatalogueIndex
 
         index = CatalogueIndex(catalogue_emb)
     index = as_catalogue_index(index)

@@ -1,8 +1,9 @@
 """Generation metrics as RecBole metrics: ``metrics: [Hit, NDCG, TargetSim, Novelty, FD]`` works.
 
-They are RANKING-type metrics (so they share a run with Hit/NDCG/MRR) whose per-user values are
-pushed into the collector by :class:`recbole_gen.trainer.evaluation.ImageMetricsMixin` under the
-``gen.*`` keys below; each class only aggregates (mean over users, NaN skipped).
+They are RANKING-type metrics (so they share a run with Hit/NDCG/MRR) that need ``gen.image``: when a
+run lists any, :class:`recbole_gen.evaluator.collector.ImageCollector` (``register.need("gen.image")``)
+collects per-user values under the ``gen.*`` keys below; each class only aggregates (mean over users,
+NaN skipped).
 
 =================  ===============  ====  =======================================================
 metric             collector key    best  meaning
@@ -38,9 +39,8 @@ class ImageMetricMissingError(RuntimeError):
 def _get(dataobject, key, metric):
     if key not in dataobject:
         raise ImageMetricMissingError(
-            f"metric '{metric}' needs '{key}' from recbole-gen's evaluation trainer: build the trainer with "
-            "recbole_gen.trainer.evaluation.with_image_metrics(TrainerClass) (run_recbole does this when "
-            "image metrics are listed in `metrics`)"
+            f"metric '{metric}' needs '{key}' from recbole-gen's image collector: build the trainer with "
+            "recbole_gen.quick_start.build_trainer (run_recbole does), which adds image evaluation to any trainer"
         )
     return dataobject.get(key)
 
@@ -59,42 +59,27 @@ class ImageMetric(AbstractMetric):
         return {name: round(value, self.decimal_place) if not math.isnan(value) else value}
 
 
-class TargetSim(ImageMetric):
-    key = "gen.target_sim"
+def _mean_metric(name, key):
+    """A metric whose value is the mean over users of collector key ``key`` (see the table above)."""
+    return type(name, (ImageMetric,), {"key": key, "__module__": __name__,
+                                       "__doc__": f"Mean over users of ``{key}`` (NaN skipped)."})
 
 
-class TargetSimBest(ImageMetric):
-    key = "gen.target_sim_best"
-
-
-class HistorySim(ImageMetric):
-    key = "gen.history_sim"
-
-
-class FutureSim(ImageMetric):
-    key = "gen.future_sim"
-
-
-class Diversity(ImageMetric):
-    key = "gen.diversity"
-
-
-class Novelty(ImageMetric):
-    key = "gen.novelty"
-
-
-class OracleUtility(ImageMetric):
-    key = "gen.oracle_utility"
+TargetSim, TargetSimBest, HistorySim, FutureSim, Diversity, Novelty, OracleUtility = (
+    _mean_metric(name, f"gen.{key}") for name, key in (
+        ("TargetSim", "target_sim"), ("TargetSimBest", "target_sim_best"), ("HistorySim", "history_sim"),
+        ("FutureSim", "future_sim"), ("Diversity", "diversity"), ("Novelty", "novelty"),
+        ("OracleUtility", "oracle_utility")))
 
 
 class ImageCoverage(ImageMetric):
     key = "gen.nearest"
 
     def calculate_metric(self, dataobject):
-        nearest = _get(dataobject, "gen.nearest", "imagecoverage").flatten()
+        from recbole_gen.evaluator.functional import coverage
+
         num_items = int(_get(dataobject, "gen.num_catalogue_items", "imagecoverage").flatten()[0])
-        nearest = nearest[nearest > 0]
-        value = float(torch.unique(nearest).numel()) / max(1, num_items)
+        value = coverage(_get(dataobject, "gen.nearest", "imagecoverage"), num_items)
         return {"imagecoverage": round(value, self.decimal_place)}
 
 

@@ -17,7 +17,7 @@ import logging
 
 import torch
 
-from recbole_gen.evaluator.index import as_catalogue_index
+from recbole_gen.retrieval.index import as_catalogue_index
 
 
 class KNNOracleJudge:
@@ -41,21 +41,14 @@ class KNNOracleJudge:
 
 def build_oracle_judge(config, dataset, catalogue):
     """The judge for OracleUtility, or None when the dataset has no simulator."""
-    try:
-        spec = config["eval_oracle"]
-    except KeyError:
-        spec = None
-    k = (config["eval_oracle_k"] if "eval_oracle_k" in getattr(config, "final_config_dict", config) else None) or 1
+    from recbole_gen.data.simulator import load_simulator
+
+    spec, k = config["eval_oracle"], config["eval_oracle_k"]
     if spec:
         module, _, attr = str(spec).partition(":")
         factory = getattr(importlib.import_module(module), attr or "build_judge")
         return factory(config, dataset, catalogue)
-    try:
-        simulators = importlib.import_module("recbole_gen.data.simulator")
-    except ImportError:
-        return None
-    load = getattr(simulators, "load_simulator", None)
-    simulator = load(config, dataset) if load is not None else None
+    simulator = load_simulator(config, dataset)
     if simulator is None:
         return None
     logging.getLogger().info(f"OracleUtility: simulator {type(simulator).__name__}, judge = mean of {k} nearest items")

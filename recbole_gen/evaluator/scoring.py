@@ -6,7 +6,7 @@ next item is among the K catalogue items nearest to the generated images".
 """
 import torch
 
-from recbole_gen.evaluator.index import as_catalogue_index
+from recbole_gen.retrieval.index import as_catalogue_index
 
 REDUCTIONS = ("max", "mean")
 
@@ -28,7 +28,7 @@ def catalogue_scores(sample_emb, index, reduce="max", sample_mask=None):
     Args:
         sample_emb: ``FloatTensor[B, n, D]``, L2-normalised embeddings of each user's ``n`` generated
             images (from the evaluation encoder, e.g. ``ImageCatalogue.encode``).
-        index: :class:`~recbole_gen.evaluator.index.CatalogueIndex` (or ``ImageCatalogue``).
+        index: :class:`~recbole_gen.retrieval.index.CatalogueIndex` (or ``ImageCatalogue``).
         reduce: ``'max'`` (best cosine over samples) or ``'mean'``.
         sample_mask: optional ``BoolTensor[B, n]``, ``False`` for samples to ignore (e.g. failed
             generations); each user needs at least one.
@@ -87,3 +87,16 @@ def catalogue_topk(sample_emb, index, k):
             if col == k:
                 break
     return out_scores, out_ids
+
+
+def rank_fusion(*scores, k=60):
+    """Reciprocal-rank fusion of score matrices ``[B, item_num]`` (``sum 1 / (k + rank)``): combines rankings whose
+    scores live on different scales (image cosines, plan logits); ``-inf`` items stay ``-inf``."""
+    fused = None
+    for matrix in scores:
+        ranks = torch.empty_like(matrix)
+        order = torch.argsort(matrix, dim=1, descending=True)
+        ranks.scatter_(1, order, torch.arange(1, matrix.shape[1] + 1, device=matrix.device, dtype=matrix.dtype).expand_as(matrix))
+        part = 1.0 / (k + ranks)
+        fused = part if fused is None else fused + part
+    return fused.masked_fill(torch.stack([torch.isneginf(m) for m in scores]).any(0), float("-inf"))

@@ -73,37 +73,33 @@ class Backbone:
     is_pretrained: bool
 
 
-def _int(config, key):
-    return int(config[key])
-
-
-def tiny_janus_config(config, vq_settings):
+def tiny_janus_config(settings):
     """A JanusConfig from the ``lmm_*`` keys; the VQ part matches the catalogue-trained tokenizer."""
-    hidden = _int(config, "lmm_hidden_size")
-    size, grid = vq_settings["lmm_image_size"], vq_settings["vq_grid"]
+    hidden, size, grid = settings.lmm_hidden_size, settings.lmm_image_size, settings.vq_grid
     tokenizer = ByteTokenizer()
     text = LlamaConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=hidden, intermediate_size=_int(config, "lmm_intermediate_size"),
-        num_hidden_layers=_int(config, "lmm_num_layers"), num_attention_heads=_int(config, "lmm_num_heads"),
-        num_key_value_heads=_int(config, "lmm_num_heads"), max_position_embeddings=_int(config, "lmm_max_position_embeddings"),
+        vocab_size=tokenizer.vocab_size, hidden_size=hidden, intermediate_size=settings.lmm_intermediate_size,
+        num_hidden_layers=settings.lmm_num_layers, num_attention_heads=settings.lmm_num_heads,
+        num_key_value_heads=settings.lmm_num_heads, max_position_embeddings=settings.lmm_max_position_embeddings,
         pad_token_id=tokenizer.special["<pad>"], bos_token_id=tokenizer.special["<bos>"], eos_token_id=tokenizer.special["<eos>"],
         tie_word_embeddings=False,
     )
     vision = JanusVisionConfig(
-        hidden_size=_int(config, "lmm_vision_hidden_size"), num_hidden_layers=_int(config, "lmm_vision_layers"),
-        num_attention_heads=_int(config, "lmm_vision_heads"), image_size=size, patch_size=size // grid,
+        hidden_size=settings.lmm_vision_hidden_size, num_hidden_layers=settings.lmm_vision_layers,
+        num_attention_heads=settings.lmm_vision_heads, image_size=size, patch_size=size // grid,
         projection_dim=hidden, num_image_tokens=grid * grid, mlp_ratio=2.0,
     )
-    vq = build_vq_config(vq_settings, image_token_embed_dim=hidden, projection_dim=hidden)
+    vq = build_vq_config(settings, image_token_embed_dim=hidden, projection_dim=hidden)
     return JanusConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), vq_config=vq.to_dict(),
                        image_token_id=tokenizer.special["<image_placeholder>"], tie_word_embeddings=False)
 
 
-def build_backbone(config, vq_settings, base_seed):
-    """The Janus model and its tokenizer. A tiny model is initialised under its own RNG (``base_seed``), so
-    rebuilding it gives the same weights whatever ran before (LoRA checkpoints store only the adapter)."""
-    dtype = DTYPES[str(config["dtype"]).lower()]
-    path = config["lmm_path"]
+def build_backbone(settings):
+    """The Janus model and its tokenizer, untrained (a tiny model's image tokenizer is trained as an artifact).
+    A tiny model is initialised under its own RNG (``base_seed``), so rebuilding it gives the same weights
+    whatever ran before (LoRA checkpoints store only the adapter)."""
+    dtype = DTYPES[settings.dtype.lower()]
+    path = settings.lmm_path
     if path:
         folder = Path(path).expanduser()
         if not (folder / "config.json").is_file():
@@ -117,8 +113,8 @@ def build_backbone(config, vq_settings, base_seed):
         pretrained = True
     else:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(base_seed))
-            model = JanusForConditionalGeneration(tiny_janus_config(config, vq_settings))
+            torch.manual_seed(settings.base_seed)
+            model = JanusForConditionalGeneration(tiny_janus_config(settings))
         model = model.to(dtype)
         tokenizer = ByteTokenizer()
         pretrained = False

@@ -1,20 +1,26 @@
-"""GenLMM's model proper, independent of RecBole: prompt -> Janus language model -> image tokens.
+"""GenLMM's model proper, independent of RecBole: prompt -> Janus language model -> plan -> image tokens.
 
-``GenLMMCore`` owns the backbone, the frozen image tokenizer, the per-item token table, the history
-representation, the SFT loss and the decoding loop. ``recbole_gen.model.genlmm.GenLMM`` wraps it as a
-RecBole ``SequentialRecommender``. Everything is indexed by RecBole internal item ids (row 0 = padding).
+``GenLMMCore`` owns the backbone, the frozen image tokenizer, the per-item token table, the items' content
+representation, the plan head, the SFT loss and the decoding loop. ``recbole_gen.model.genlmm.GenLMM`` wraps
+it as a RecBole model. Everything is indexed by RecBole internal item ids (row 0 = padding). Nothing here
+trains in a constructor: the tokenizer weights, the catalogue's image tokens and the catalogue pre-training
+are artifacts that the artifact step (recbole_gen/trainer/artifacts.py) prepares and hands in.
 
-History items enter the prompt in one of three ways (``history_mode``):
+**Content.** An item's content vector is an MLP of its frozen VQ code vectors (what the image looks like)
+plus an embedding of each of its ``content_fields`` values (``.item`` columns such as a category). It
+generalises to items never seen in training.
 
-- ``semantic`` (default): each history item becomes ``history_tokens_per_item`` tokens, an MLP projection of
-  the item's frozen VQ code vectors (the L2-normalised codebook entries of its image tokens, flattened).
-  Cheap (1 token per item), content-based, and what lets the tiny model learn taste on a CPU.
-- ``vq``: each history item enters as all its image tokens through Janus's generation embeddings
-  (``grid*grid`` tokens per item).
-- ``vision``: each history item enters through Janus's understanding path (vision tower + aligner,
-  ``grid*grid`` tokens per item): the natural choice for a pretrained Janus-Pro checkpoint.
+**History** items enter the prompt in one of three ways (``history_mode``): ``semantic`` (default:
+``history_tokens_per_item`` tokens from the content MLP), ``vq`` (all the item's image tokens through
+Janus's generation embeddings) or ``vision`` (Janus's understanding path: vision tower + aligner).
+
+**Plan, then draw** (``plan: item | semantic``). At the ``<begin_of_image>`` position the model first
+predicts *what* comes next: a full softmax over catalogue items (``item``) or over coarse semantic codes
+(``semantic``: k-means clusters of the items' content), scored against the content vectors (tied), so an
+item never seen in training can still be planned. The plan's vector is then the next input, and the image
+tokens are drawn conditioned on it: teacher-forced with the true next item in training, sampled (distinct
+plans for a user's images) at generation. ``plan: none`` draws straight after ``<begin_of_image>``.
 """
-import logging
 import math
 import warnings
 from contextlib import contextmanager
@@ -24,154 +30,142 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers import DynamicCache
 
+from recbole_gen.data.images import resize
 from recbole_gen.model import vq as vqlib
 from recbole_gen.model.backbone import build_backbone
-from recbole_gen.model.decoding import filter_logits, guide, row_generators, sample
-from recbole_gen.model.pretrain import load_or_pretrain
+from recbole_gen.model.decoding import distinct_plans, filter_logits, guide, row_generators, sample
 from recbole_gen.model.prompt import PromptBuilder
-
-logger = logging.getLogger(__name__)
 
 #: name of the LoRA adapter the RL stage trains on top of the (frozen) SFT adapter ``default``
 RL_ADAPTER = "rl"
-
-DEFAULTS = {
-    "lmm_path": None, "dtype": "fp32", "lmm_image_size": 16, "history_len": 5, "history_mode": "semantic",
-    "history_tokens_per_item": 1, "use_titles": False, "max_title_tokens": 16,
-    "instruction": "Draw the next item.", "text_loss_weight": 0.0, "cond_dropout": 0.1,
-    "lmm_hidden_size": 128, "lmm_intermediate_size": 512, "lmm_num_layers": 4, "lmm_num_heads": 4,
-    "lmm_max_position_embeddings": 512, "lmm_vision_hidden_size": 64, "lmm_vision_layers": 1, "lmm_vision_heads": 2,
-    "lmm_max_length": None, "truncate_history": False, "base_seed": 2024,
-    "vq_grid": 4, "vq_codebook_size": 1024, "vq_embed_dim": 8, "vq_base_channels": 32, "vq_latent_channels": 64,
-    "vq_train_steps": 1500, "vq_batch_size": 32, "vq_lr": 2e-3, "vq_seed": 0,
-    "finetune": "full", "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0,
-    "lora_target_modules": r"model\.language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)",
-    "lora_modules_to_save": ["model.generation_head", "model.generation_aligner"], "train_vision": False,
-    "gradient_checkpointing": False,
-    "pretrain_steps": None, "pretrain_batch_size": 64, "pretrain_learning_rate": 2e-3, "pretrain_seed": 0,
-    "pretrain_instruction": "Draw this item.",
-}
-
-
-class Settings(dict):
-    """Config lookup with GenLMM's defaults for keys a config (RecBole's or a dict) does not set."""
-
-    def __init__(self, config):
-        super().__init__(DEFAULTS)
-        for key in DEFAULTS:
-            try:
-                value = config[key]
-            except KeyError:
-                continue
-            if value is not None or key in ("lmm_path", "lmm_max_length", "pretrain_steps"):
-                self[key] = value
+NO_PLAN = -1
+PLAN_STREAM = -1  # the "sample index" whose noise stream draws a user's plans (images use 0..n-1)
 
 
 class GenLMMCore(nn.Module):
-    def __init__(self, config, item_pixels, item_texts=None, cache_dir=".cache", token_cache=None):
-        """``item_pixels``: [n_items, 3, S, S] in [0, 1] with row 0 the padding item; ``item_texts``: titles;
-        ``token_cache(kind, settings, compute)``: optional per-item disk cache (``ItemImageStore.cached``)."""
+    def __init__(self, settings, item_num, item_texts=None, content=None, item_pixels=None):
+        """``settings``: :class:`~recbole_gen.model.genlmm_config.GenLMMSettings`; ``item_num`` rows (row 0 =
+        padding); ``item_texts``: titles per row; ``content``: ``{field: (LongTensor[item_num] value ids, 0 = none,
+        vocabulary size)}``; ``item_pixels(ids) -> FloatTensor[len, 3, S, S]`` (``history_mode: vision`` reads it)."""
         super().__init__()
-        s = self.settings = Settings(config)
-        self.vq_settings = vqlib.vq_settings(s)
-        self.vq_info = None
-        if s["lmm_path"]:
-            backbone = build_backbone(s, self.vq_settings, s["base_seed"])
-        else:
-            vq, self.vq_info = vqlib.load_or_train_vq(resized(item_pixels[1:], int(s["lmm_image_size"])), self.vq_settings, cache_dir)
-            backbone = build_backbone(s, self.vq_settings, s["base_seed"])
-            backbone.model.model.vqmodel.load_state_dict(vq.state_dict())
-        self.backbone = backbone
-        self.lmm = backbone.model
-        self.tokenizer = backbone.tokenizer
-        self.num_image_tokens = backbone.grid * backbone.grid
+        s = self.settings = settings
+        self.backbone = build_backbone(s)
+        self.lmm = self.backbone.model
+        self.tokenizer = self.backbone.tokenizer
+        self.num_image_tokens = self.backbone.grid * self.backbone.grid
         self.lmm.model.vqmodel.eval().requires_grad_(False)
-        hidden = self.lmm.config.text_config.hidden_size
+        self.item_pixels = item_pixels
+        hidden = self.hidden = self.lmm.config.text_config.hidden_size
         dtype = next(self.lmm.parameters()).dtype
+        self.register_buffer("item_tokens", torch.zeros(item_num, self.num_image_tokens, dtype=torch.int32), persistent=False)
+        self.tokens_ready = False
 
-        pixels = resized(item_pixels, backbone.image_size)
-        self.register_buffer("item_pixels", pixels, persistent=False)
-        self.register_buffer("item_tokens", self._catalogue_tokens(pixels, token_cache), persistent=False)
-
-        mode = s["history_mode"]
-        if mode not in ("semantic", "vq", "vision"):
-            raise ValueError(f"history_mode must be semantic, vq or vision, got {mode!r}")
-        per_item = int(s["history_tokens_per_item"]) if mode == "semantic" else self.num_image_tokens
+        per_item = s.history_tokens_per_item if s.history_mode == "semantic" else self.num_image_tokens
         self.tokens_per_item = per_item
-        if mode == "semantic":
-            code_dim = self.lmm.config.vq_config.embed_dim * self.num_image_tokens
-            with torch.random.fork_rng(devices=[]):  # same init whatever ran before (like the tiny backbone)
-                torch.manual_seed(int(s["base_seed"]) + 1)
-                self.history_proj = nn.Sequential(nn.Linear(code_dim, hidden), nn.GELU(), nn.Linear(hidden, per_item * hidden)).to(dtype)
-        self.prompt = PromptBuilder(self.tokenizer, s["instruction"], per_item, item_texts, s["use_titles"], s["max_title_tokens"])
-        self.max_length = int(s["lmm_max_length"] or self.lmm.config.text_config.max_position_embeddings)
+        code_dim = self.lmm.config.vq_config.embed_dim * self.num_image_tokens
+        with torch.random.fork_rng(devices=[]):  # same init whatever ran before (like the tiny backbone)
+            torch.manual_seed(s.base_seed + 1)
+            self.content_proj = nn.Sequential(nn.Linear(code_dim, hidden), nn.GELU(),
+                                              nn.Linear(hidden, s.history_tokens_per_item * hidden)).to(dtype)
+            self.content_fields = nn.ModuleDict()
+            for name, (_, vocabulary) in (content or {}).items():
+                self.content_fields[name] = nn.Embedding(vocabulary + 1, hidden, padding_idx=0).to(dtype)
+                nn.init.normal_(self.content_fields[name].weight, std=0.02)
+            if s.plan != "none":
+                self.plan_query = nn.Linear(hidden, hidden).to(dtype)
+                self.null_plan = nn.Parameter(torch.randn(hidden, dtype=dtype) * 0.02)
+        for name, (ids, _) in (content or {}).items():
+            self.register_buffer(f"content_{name}", torch.as_tensor(ids, dtype=torch.long), persistent=False)
+        self.register_buffer("plan_code", torch.zeros(item_num, dtype=torch.long))
+        self.prompt = PromptBuilder(self.tokenizer, s.instruction, per_item, item_texts, s.use_titles, s.max_title_tokens)
+        self.max_length = s.lmm_max_length or self.lmm.config.text_config.max_position_embeddings
         self._configure_training()
-        if s["gradient_checkpointing"]:
+        if s.gradient_checkpointing:
             lm = self.lmm.model.language_model
             if hasattr(lm, "activation_checkpointing_enable"):
                 lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             else:
                 lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.pretrain_info = load_or_pretrain(self, cache_dir)
 
-    # ----------------------------------------------------------------- setup
-    @torch.no_grad()
-    def _catalogue_tokens(self, pixels, token_cache):
-        vq = self.lmm.model.vqmodel
+    # ----------------------------------------------------------------- artifacts handed in
+    @property
+    def vq(self):
+        return self.lmm.model.vqmodel
 
-        def compute(indices, rows):
-            return vqlib.encode(vq, resized(torch.as_tensor(rows), self.backbone.image_size)).numpy()
+    @property
+    def item_num(self):
+        return self.item_tokens.shape[0]
 
-        if token_cache is not None:
-            key = dict(self.vq_settings, lmm_path=str(self.settings["lmm_path"]), vq=(self.vq_info or {}).get("key"))
-            tokens = torch.as_tensor(token_cache("genlmm_vq_tokens", key, compute)).long()
-        else:
-            tokens = torch.from_numpy(compute(None, pixels))
-        tokens[0] = 0
-        return tokens
+    @property
+    def has_plan(self):
+        return self.settings.plan != "none"
 
+    def set_item_tokens(self, tokens):
+        """The catalogue's image tokens ``[item_num, grid*grid]`` under this model's tokenizer (row 0 unused)."""
+        tokens = torch.as_tensor(tokens)
+        if tokens.shape != self.item_tokens.shape:
+            raise ValueError(f"item tokens have shape {tuple(tokens.shape)}, expected {tuple(self.item_tokens.shape)}")
+        self.item_tokens.copy_(tokens.to(self.item_tokens.dtype))
+        self.item_tokens[0] = 0
+        self.tokens_ready = True
+
+    def set_plan_codes(self, codes):
+        """Each item's semantic code ``[item_num]`` (``plan: semantic``); row 0 unused."""
+        self.plan_code.copy_(torch.as_tensor(codes, dtype=torch.long))
+
+    def _require_tokens(self):
+        if not self.tokens_ready:
+            raise RuntimeError("GenLMM has no catalogue image tokens yet: prepare its artifacts first with "
+                               "prepare_artifacts(config, model) from recbole_gen/trainer/artifacts.py (run_recbole, "
+                               "load_data_and_model and the benchmark do)")
+
+    def tokens_of(self, items):
+        return self.item_tokens[items].long()
+
+    # ----------------------------------------------------------------- training setup
     def _configure_training(self):
         s = self.settings
         self.lmm.requires_grad_(False)
-        mode = s["finetune"]
-        if mode == "full":
+        if s.finetune == "full":
             names = ["model.language_model", "lm_head", "model.generation_embeddings", "model.generation_aligner",
                      "model.generation_head", "model.aligner"]
-        elif mode == "lora":
+        elif s.finetune == "lora":
             from peft import inject_adapter_in_model
 
             inject_adapter_in_model(self._lora_config(), self.lmm)
-            names = list(s["lora_modules_to_save"] or [])
-        elif mode == "none":
-            names = []
+            names = list(s.lora_modules_to_save)
         else:
-            raise ValueError(f"finetune must be lora, full or none, got {mode!r}")
-        if s["train_vision"]:
+            names = []
+        if s.train_vision:
             names.append("model.vision_model")
         for name in names:
             self.lmm.get_submodule(name).requires_grad_(True)
-        self.lmm.model.vqmodel.requires_grad_(False)
-        # what a checkpoint holds: everything training may change (the frozen base is rebuilt, not saved)
+        self.vq.requires_grad_(False)
+        # what a checkpoint holds: everything training may change, and a catalogue-trained tokenizer
         self.saved_parameters = {n for n, p in self.named_parameters() if p.requires_grad}
+        if not self.backbone.is_pretrained:
+            self.saved_parameters |= {n for n, _ in self.named_parameters() if n.startswith("lmm.model.vqmodel.")}
+        if s.plan == "semantic":
+            self.saved_parameters.add("plan_code")
         self.has_rl_adapter = False
 
     def _lora_config(self):
         from peft import LoraConfig
 
         s = self.settings
-        return LoraConfig(r=int(s["lora_r"]), lora_alpha=int(s["lora_alpha"]), lora_dropout=float(s["lora_dropout"]),
-                          target_modules=s["lora_target_modules"], bias="none")
+        return LoraConfig(r=s.lora_r, lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout,
+                          target_modules=s.lora_target_modules, bias="none")
 
     def _adapter_layers(self):
         from peft.tuners.tuners_utils import BaseTunerLayer
 
         return [m for m in self.lmm.modules() if isinstance(m, BaseTunerLayer)]
 
-    def add_rl_adapter(self, seed=0):
+    def add_rl_adapter(self, seed):
         """RL stage with ``finetune: lora``: freeze everything SFT trained and train a fresh LoRA adapter on
         top of it. The adapter starts at zero (LoRA's B = 0), so the policy starts as the SFT model, and
         switching it off (:meth:`reference_policy`) is the KL reference without a second copy of the weights."""
-        if self.settings["finetune"] != "lora":
+        if self.settings.finetune != "lora":
             raise ValueError("an RL adapter needs finetune: lora")
         from peft import inject_adapter_in_model
 
@@ -202,33 +196,46 @@ class GenLMMCore(nn.Module):
             for name, param in self.named_parameters():  # set_adapter also flips requires_grad
                 param.requires_grad_(trainable[name])
 
-    # --------------------------------------------------------------- prompts
+    # --------------------------------------------------------------- content and prompts
     def histories(self, item_seq, item_len, drop=None):
         """RecBole's left-aligned ``item_id_list`` / ``item_length`` -> the last ``history_len`` ids per row."""
-        keep = int(self.settings["history_len"])
+        keep = self.settings.history_len
         out = []
-        seq, lengths = item_seq.tolist(), item_len.tolist()
-        for row, (items, n) in enumerate(zip(seq, lengths)):
+        for row, (items, n) in enumerate(zip(item_seq.tolist(), item_len.tolist())):
             items = [i for i in items[:n] if i > 0][-keep:] if keep > 0 else []
             if drop is not None and bool(drop[row]):
                 items = []
-            out.append(self.prompt.fit(items, self.max_length - self.num_image_tokens - self._text_budget(),
-                                       bool(self.settings["truncate_history"])))
+            out.append(self.prompt.fit(items, self.max_length - self.num_image_tokens - self._extra_budget(),
+                                       self.settings.truncate_history))
         return out
 
-    def _text_budget(self):
-        return (self.prompt.max_title_tokens + 2) if self.settings["text_loss_weight"] else 0
+    def _extra_budget(self):
+        text = (self.prompt.max_title_tokens + 2) if self.settings.text_loss_weight else 0
+        return text + (1 if self.has_plan else 0)
+
+    def _content_tokens(self, items):
+        """[N, history_tokens_per_item, hidden]: the content MLP of the items' frozen code vectors + field embeddings."""
+        codes = self.vq.quantize.get_codebook_entry(self.tokens_of(items))  # [N, D, g, g]
+        dtype = self.content_proj[0].weight.dtype
+        out = self.content_proj(codes.flatten(1).to(dtype)).view(len(items), self.settings.history_tokens_per_item, -1)
+        for name, table in self.content_fields.items():
+            out = out + table(getattr(self, f"content_{name}")[items]).unsqueeze(1)
+        return out
+
+    def content_vectors(self, items):
+        """Items [N] -> their content vectors [N, hidden]: the plan head's item vectors and the plan token."""
+        return self._content_tokens(items).mean(1)
 
     def item_representations(self, items):
         """History items [N] -> their prompt tokens [N, tokens_per_item, hidden]."""
-        mode = self.settings["history_mode"]
+        mode = self.settings.history_mode
         if mode == "semantic":
-            codes = self.lmm.model.vqmodel.quantize.get_codebook_entry(self.item_tokens[items])  # [N, D, g, g]
-            return self.history_proj(codes.flatten(1).to(self.history_proj[0].weight.dtype)).view(len(items), self.tokens_per_item, -1)
+            return self._content_tokens(items)
         if mode == "vq":
-            return self.lmm.prepare_embeddings_for_image_generation(self.item_tokens[items])
-        pixels = (self.item_pixels[items] * 2 - 1).to(next(self.lmm.model.vision_model.parameters()).dtype)
-        return self.lmm.model.get_image_features(pixel_values=pixels).pooler_output
+            return self.lmm.prepare_embeddings_for_image_generation(self.tokens_of(items))
+        vision = self.lmm.model.vision_model
+        pixels = resize(self.item_pixels(items), self.backbone.image_size).to(items.device)
+        return self.lmm.model.get_image_features(pixel_values=(pixels * 2 - 1).to(next(vision.parameters()).dtype)).pooler_output
 
     def prompt_embeds(self, histories, prompt=None):
         device = self.item_tokens.device
@@ -247,91 +254,180 @@ class GenLMMCore(nn.Module):
         return self.lmm.model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids,
                                              cache=cache, use_cache=cache is not None)
 
+    # ------------------------------------------------------------------ the plan
+    def plan_vectors(self):
+        """The vectors plans are scored against and fed as: one per item (``plan: item``; row 0 is padding) or
+        one per semantic code (the mean content vector of its items)."""
+        items = torch.arange(self.item_num, device=self.item_tokens.device)
+        vectors = self.content_vectors(items)
+        if self.settings.plan == "item":
+            return vectors
+        codes = self.plan_code[1:]
+        sums = vectors.new_zeros(self.settings.plan_codes, vectors.shape[1]).index_add_(0, codes, vectors[1:])
+        counts = torch.bincount(codes, minlength=self.settings.plan_codes).clamp(min=1).unsqueeze(1)
+        return sums / counts
+
+    def plan_logits(self, hidden, vectors=None):
+        """Scores of every plan at the ``<begin_of_image>`` position's hidden state ``[B, hidden]`` -> ``[B, P]``
+        (item plans: padding gets -inf)."""
+        vectors = self.plan_vectors() if vectors is None else vectors
+        logits = self.plan_query(hidden.to(vectors.dtype)) @ vectors.T / math.sqrt(self.hidden)
+        if self.settings.plan == "item":
+            logits[:, 0] = float("-inf")
+        return logits.float()
+
+    def plan_of(self, items):
+        """The plan that teaches drawing ``items``: the item itself, or its semantic code."""
+        return items if self.settings.plan == "item" else self.plan_code[items]
+
+    def plan_inputs(self, plans, vectors):
+        """Plans [N] (``NO_PLAN`` = the unconditional, null plan) -> input embeddings [N, 1, hidden]."""
+        out = vectors[plans.clamp(min=0)]
+        return torch.where((plans < 0).unsqueeze(-1), self.null_plan.to(out.dtype).expand_as(out), out).unsqueeze(1)
+
     # ------------------------------------------------------------------ loss
-    def image_logits(self, histories, tokens, text=None, prompt=None):
-        """Teacher-forced logits ``[N, T, V]`` of image ``tokens [N, T]`` after each history's prompt: one
-        forward pass in the layout of decoding (left-padded prompt, then the image tokens). With ``text``
-        (``(ids, mask)`` of ``PromptBuilder.target_text``) after the image, also the LM-head logits of that text.
-        ``prompt``: another :class:`PromptBuilder` (the catalogue pre-training's instruction)."""
+    def forward_logits(self, histories, tokens, plans=None, text=None, prompt=None):
+        """One teacher-forced pass in the layout of decoding: left-padded prompt, [plan vector], image tokens
+        [, text]. Returns ``(image_logits [N, T, V], plan_logits [N, P] or None, text_logits or None)``."""
         embeds, mask = self.prompt_embeds(histories, prompt)
         image = self.lmm.prepare_embeddings_for_image_generation(tokens).to(embeds.dtype)
-        pieces, masks = [embeds, image[:, :-1]], [mask, torch.ones_like(tokens[:, :-1])]
+        pieces, masks, vectors = [embeds], [mask], None
+        if self.has_plan:
+            vectors = self.plan_vectors()
+            pieces.append(self.plan_inputs(plans, vectors).to(embeds.dtype))
+            masks.append(torch.ones_like(mask[:, :1]))
+        feed = image if text is not None else image[:, :-1]
+        pieces.append(feed)
+        masks.append(torch.ones_like(tokens[:, :feed.shape[1]]))
         if text is not None:
             text_ids, text_mask = text
-            pieces[1], masks[1] = image, torch.ones_like(tokens)
             pieces.append(self.lmm.get_input_embeddings()(text_ids[:, :-1]))
             masks.append(text_mask[:, :-1])
         hidden = self._lm(torch.cat(pieces, 1), torch.cat(masks, 1)).last_hidden_state
-        start, count = embeds.shape[1] - 1, tokens.shape[1]
+        prompt_end = embeds.shape[1] - 1
+        start, count = prompt_end + (1 if self.has_plan else 0), tokens.shape[1]
         logits = self.lmm.model.generation_head(hidden[:, start:start + count]).float()
+        plan_logits = self.plan_logits(hidden[:, prompt_end], vectors) if self.has_plan else None
         text_logits = self.lmm.lm_head(hidden[:, start + count:]).float() if text is not None else None
-        return logits, text_logits
+        return logits, plan_logits, text_logits
 
-    def loss(self, histories, targets, reduction="mean", prompt=None):
-        """SFT cross-entropy on the target items' image tokens (+ ``text_loss_weight`` x title CE).
-
-        ``reduction='none'`` returns the mean image-token CE per row (used to compare histories)."""
-        target_tokens = self.item_tokens[targets]
-        text_weight = float(self.settings["text_loss_weight"])
-        text = self.prompt.target_text(targets.tolist(), target_tokens.device) if text_weight else None
-        logits, text_logits = self.image_logits(histories, target_tokens, text, prompt)
-        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target_tokens.reshape(-1), reduction="none").view(len(targets), -1)
-        if reduction == "none":
-            return ce.mean(1)
-        loss = ce.mean()
-        if text_weight:
+    def loss(self, histories, targets, no_plan=None, prompt=None, plan_teacher=None, parts=False):
+        """SFT loss: cross-entropy on the target items' image tokens (drawn from the true plan), plus
+        ``plan_loss_weight`` x the plan's cross-entropy (or KL to ``plan_teacher`` probabilities [N, P] when given)
+        and ``text_loss_weight`` x the title's. ``no_plan``: rows drawn from the null plan (condition dropout).
+        With ``parts`` returns the per-row components instead: ``{"image": [N], "plan": [N] or None}``."""
+        s = self.settings
+        target_tokens = self.tokens_of(targets)
+        plans = None
+        if self.has_plan:
+            plans = self.plan_of(targets)
+            if no_plan is not None:
+                plans = torch.where(torch.as_tensor(no_plan, device=plans.device), torch.full_like(plans, NO_PLAN), plans)
+        text = self.prompt.target_text(targets.tolist(), target_tokens.device) if s.text_loss_weight else None
+        logits, plan_logits, text_logits = self.forward_logits(histories, target_tokens, plans, text, prompt)
+        image_ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target_tokens.reshape(-1),
+                                   reduction="none").view(len(targets), -1).mean(1)
+        plan_ce = F.cross_entropy(plan_logits, self.plan_of(targets), reduction="none") if self.has_plan else None
+        if parts:
+            return {"image": image_ce, "plan": plan_ce}
+        loss = image_ce.mean()
+        if self.has_plan and s.plan_loss_weight:
+            if plan_teacher is not None:
+                plan_term = F.kl_div(plan_logits.log_softmax(-1).clamp(min=-1e4), plan_teacher, reduction="batchmean")
+            else:
+                plan_term = plan_ce.mean()
+            loss = loss + s.plan_loss_weight * plan_term
+        if s.text_loss_weight:
             text_ids, text_mask = text
             text_ce = F.cross_entropy(text_logits.reshape(-1, text_logits.shape[-1]), text_ids.reshape(-1), reduction="none")
-            loss = loss + text_weight * (text_ce * text_mask.reshape(-1)).sum() / text_mask.sum()
+            loss = loss + s.text_loss_weight * (text_ce * text_mask.reshape(-1)).sum() / text_mask.sum()
         return loss
 
-    def token_logprobs(self, histories, tokens, temperature=1.0):
-        """Log-probabilities ``[N, T]`` of given image ``tokens [N, T]`` at ``temperature`` and the policy's
-        entropy at each position ``[N, T]`` (the RL stage's policy and reference scores)."""
-        logits, _ = self.image_logits(histories, tokens)
-        logp_all = (logits / float(temperature)).log_softmax(-1)
+    def token_logprobs(self, histories, tokens, plans=None, temperature=1.0, plan_temperature=1.0):
+        """Log-probabilities of given image ``tokens [N, T]`` (after ``plans [N]``) at ``temperature``, the plans'
+        own log-probabilities ``[N]`` (zeros without a plan) and the policy's entropy per image token ``[N, T]``:
+        the RL stage's policy and reference scores."""
+        logits, plan_logits, _ = self.forward_logits(histories, tokens, plans)
+        logp_all = (logits / temperature).log_softmax(-1)
         logp = logp_all.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-        return logp, -(logp_all.exp() * logp_all).sum(-1)
+        entropy = -(logp_all.exp() * logp_all).sum(-1)
+        if plan_logits is None:
+            return logp, logp.new_zeros(len(tokens)), entropy
+        plan_logp = (plan_logits / plan_temperature).log_softmax(-1).gather(1, plans.clamp(min=0).unsqueeze(1)).squeeze(1)
+        return logp, plan_logp, entropy
 
     # ------------------------------------------------------------ generation
     @torch.no_grad()
+    def plan_scores(self, histories):
+        """The plan distribution's logits for each history ``[B, P]`` (GenLMM as a ranker: ``gen_rank_by: plan``)."""
+        embeds, mask = self.prompt_embeds(histories)
+        hidden = self._lm(embeds, mask).last_hidden_state[:, -1]
+        return self.plan_logits(hidden)
+
+    @torch.no_grad()
     def generate_tokens(self, histories, num_samples=1, guidance_scale=0.0, temperature=1.0, top_k=0, top_p=1.0,
-                        seed=0, use_cache=True):
-        """Image tokens [B, num_samples, grid*grid] for each history (lists of item ids, oldest first)."""
+                        seed=0, use_cache=True, plan_temperature=1.0, plans=None):
+        """Draw ``num_samples`` images per history (lists of item ids, oldest first). Returns ``(tokens [B, n,
+        grid*grid], plans [B, n])``; ``plans`` may be given ``[B, n]`` to draw chosen items (e.g. a redraw)."""
+        self._require_tokens()
+        n_users = len(histories)
         rows = [h for h in histories for _ in range(num_samples)]
         sample_index = [s for _ in histories for s in range(num_samples)]
         guided = guidance_scale != 0
-        prompts = rows + [[] for _ in rows] if guided else rows
-        embeds, mask = self.prompt_embeds(prompts)
         n, steps = len(rows), self.num_image_tokens
         generators = row_generators(seed, rows, sample_index)
-        tokens = torch.zeros((n, steps), dtype=torch.long, device=embeds.device)
+
+        # 1. the prompts (and, with guidance, the unconditional ones: no history, no plan)
+        embeds, mask = self.prompt_embeds(rows + [[] for _ in rows] if guided else rows)
         cache = DynamicCache(config=self.lmm.config.text_config) if use_cache else None
         position = (mask.cumsum(-1) - 1).clamp(min=0)
-        next_position = position[:, -1:] + 1
-        inputs, full_embeds, full_mask = embeds, embeds, mask
-        for step in range(steps):
+        hidden = self._lm(embeds, mask, cache=cache, position_ids=position).last_hidden_state[:, -1]
+        full_embeds, full_mask, next_position = embeds, mask, position[:, -1:] + 1
+
+        # 2. the plan: given, or sampled from the plan head (distinct plans across a user's samples)
+        chosen = torch.full((n,), NO_PLAN, dtype=torch.long, device=embeds.device)
+        if self.has_plan:
+            vectors = self.plan_vectors()
+            if plans is None:
+                logits = self.plan_logits(hidden[:n:num_samples], vectors)
+                user_generators = row_generators(seed, histories, [PLAN_STREAM] * n_users)
+                plans = distinct_plans(logits, num_samples, plan_temperature, user_generators)
+            chosen = torch.as_tensor(plans, device=embeds.device).reshape(-1)
+            plan_rows = torch.cat([chosen, torch.full_like(chosen, NO_PLAN)]) if guided else chosen
+            inputs = self.plan_inputs(plan_rows, vectors).to(embeds.dtype)
+            full_mask = torch.cat([full_mask, torch.ones_like(full_mask[:, :1])], 1)
             if use_cache:
-                pos = position if step == 0 else next_position + (step - 1)
-                hidden = self._lm(inputs, full_mask, cache=cache, position_ids=pos).last_hidden_state[:, -1]
+                hidden = self._lm(inputs, full_mask, cache=cache, position_ids=next_position).last_hidden_state[:, -1]
             else:
+                full_embeds = torch.cat([full_embeds, inputs], 1)
                 hidden = self._lm(full_embeds, full_mask).last_hidden_state[:, -1]
+            next_position = next_position + 1
+
+        # 3. the image tokens, one at a time (KV cache, guidance, temperature, top-k / top-p)
+        tokens = torch.zeros((n, steps), dtype=torch.long, device=embeds.device)
+        for step in range(steps):
             logits = self.lmm.model.generation_head(hidden).float()
             logits = guide(logits[:n], logits[n:] if guided else None, guidance_scale)
             token = sample(filter_logits(logits, top_k, top_p), temperature, generators)
             tokens[:, step] = token
-            feed = token.repeat(2) if guided else token
-            inputs = self.lmm.prepare_embeddings_for_image_generation(feed[:, None]).to(embeds.dtype)
+            if step == steps - 1:
+                break
+            inputs = self.lmm.prepare_embeddings_for_image_generation((token.repeat(2) if guided else token)[:, None])
+            inputs = inputs.to(embeds.dtype)
             full_mask = torch.cat([full_mask, torch.ones_like(full_mask[:, :1])], 1)
-            if not use_cache:
+            if use_cache:
+                hidden = self._lm(inputs, full_mask, cache=cache, position_ids=next_position + step).last_hidden_state[:, -1]
+            else:
                 full_embeds = torch.cat([full_embeds, inputs], 1)
-        return tokens.view(len(histories), num_samples, steps)
+                hidden = self._lm(full_embeds, full_mask).last_hidden_state[:, -1]
+        return tokens.view(n_users, num_samples, steps), chosen.view(n_users, num_samples)
 
     @torch.no_grad()
     def decode(self, tokens):
         """Image tokens [..., grid*grid] -> pixels [..., 3, S, S] in [0, 1] (float32)."""
         flat = tokens.reshape(-1, tokens.shape[-1])
-        return vqlib.decode(self.lmm.model.vqmodel, flat).view(*tokens.shape[:-1], 3, self.backbone.image_size, self.backbone.image_size)
+        size = self.backbone.image_size
+        return vqlib.decode(self.vq, flat).view(*tokens.shape[:-1], 3, size, size)
 
     # ----------------------------------------------------------- checkpoints
     def saved_state_dict(self):
@@ -339,33 +435,9 @@ class GenLMMCore(nn.Module):
         return {k: v for k, v in super().state_dict().items() if k in self.saved_parameters}
 
     def base_info(self):
-        return {"lmm_path": self.settings["lmm_path"], "base_seed": self.settings["base_seed"],
-                "finetune": self.settings["finetune"], "vq": self.vq_info, "pretrain": self.pretrain_info}
-
-
-def resized(pixels, size):
-    """Pixels ``[N, 3, S, S]`` in [0, 1] at ``size`` x ``size`` (antialiased bilinear), float32."""
-    pixels = pixels.float()
-    if pixels.shape[-1] != size:
-        pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return pixels.clamp(0, 1)
+        return {"lmm_path": self.settings.lmm_path, "base_seed": self.settings.base_seed,
+                "finetune": self.settings.finetune}
 
 
 def count_parameters(module, trainable_only=False):
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
-
-
-def lr_lambda(warmup, total, schedule):
-    """Linear warm-up then constant / linear / cosine decay, as a ``LambdaLR`` factor."""
-
-    def factor(step):
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        if schedule == "constant" or not total:
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        if schedule == "linear":
-            return 1.0 - progress
-        return 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor

@@ -1,4 +1,5 @@
-"""Sampling one image token at a time: guidance, temperature, top-k / top-p, per-row seeded noise.
+"""Sampling one image token at a time (guidance, temperature, top-k / top-p) and a user's plans, with per-row
+seeded noise.
 
 Each row of a batch draws its noise from its own ``torch.Generator``, seeded from the run seed, the
 row's history and its sample index: an image depends on these only, not on which other users share
@@ -40,11 +41,24 @@ def filter_logits(logits, top_k=0, top_p=1.0):
     return logits
 
 
-def sample(logits, temperature, generators):
-    """Greedy when ``temperature <= 0``; otherwise Gumbel-max with each row's own generator."""
+def perturbed(logits, temperature, generators):
+    """``logits / temperature`` plus Gumbel noise drawn by each row's own generator: its argmax is a sample of
+    ``softmax(logits / temperature)``, its top-k a sample of k distinct values."""
     logits = logits.float()
-    if temperature is None or temperature <= 0:
-        return logits.argmax(-1)
     uniform = torch.stack([torch.rand(logits.shape[-1], generator=g, device=g.device) for g in generators]).to(logits.device)
     gumbel = -torch.log((-torch.log(uniform.clamp_(1e-20, 1.0))).clamp_min(1e-20))
-    return (logits / temperature + gumbel).argmax(-1)
+    return logits / temperature + gumbel
+
+
+def sample(logits, temperature, generators):
+    """Greedy when ``temperature <= 0``; otherwise Gumbel-max with each row's own generator."""
+    if temperature is None or temperature <= 0:
+        return logits.float().argmax(-1)
+    return perturbed(logits, temperature, generators).argmax(-1)
+
+
+def distinct_plans(logits, k, temperature, generators):
+    """``k`` distinct plans per row of ``logits [B, P]``, sampled without replacement from
+    ``softmax(logits / temperature)`` (Gumbel-top-k, each row with its own generator): a user's images
+    each get their own plan, the likelier ones first."""
+    return torch.topk(perturbed(logits, temperature, generators), k, dim=-1).indices

@@ -18,7 +18,7 @@ class PromptTooLongError(ValueError):
 
 
 class PromptBuilder:
-    def __init__(self, tokenizer, instruction, tokens_per_item, item_texts=None, use_titles=False, max_title_tokens=16):
+    def __init__(self, tokenizer, instruction, tokens_per_item, item_texts, use_titles, max_title_tokens):
         self.tokenizer = tokenizer
         special = tokenizer.special
         self.pad, self.bos = special["<pad>"], special["<bos>"]

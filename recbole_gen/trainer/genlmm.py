@@ -1,117 +1,142 @@
-"""GenLMMTrainer: RecBole's Trainer with what an LMM's SFT needs.
+"""GenLMMTrainer: RecBole's Trainer contract (``fit`` / ``evaluate`` / checkpoints) with what an LMM's SFT needs.
 
-- gradient accumulation (``gradient_accumulation_steps``) and gradient clipping (``grad_clip``, max norm);
-- a learning-rate schedule over optimizer steps: linear warm-up (``warmup_steps``) then ``lr_scheduler``
-  (constant / linear / cosine) down to zero at the end of ``epochs``;
-- a wall-clock budget (``max_train_minutes``): training stops at the first batch past it, the model is
-  validated once more and saved, so a CPU run fits a job's time limit;
-- progress like RecBole's (tqdm with ``show_progress``) plus a log line every ``log_every_steps``
-  optimizer steps with loss, learning rate and target image tokens per second.
-Everything else (validation, early stopping, checkpoints, ``evaluate``) is RecBole's.
+``fit`` is its own (as RecBole-GNN's NCLTrainer's is): epochs of :meth:`GenLMMTrainer._train_epoch` in the one
+training-step shape of :mod:`recbole_gen.trainer.loop` (gradient accumulation, clipping, warm-up then
+constant / linear / cosine schedule over the whole run), a wall-clock budget (``max_train_minutes``: training
+stops at the first batch past it, the model is validated once more and saved, so a CPU run fits a job's time
+limit), RecBole's validation every ``eval_step`` epochs with early stopping, and a log line every
+``log_every_steps`` optimizer steps. With ``plan_teacher_file`` a frozen recommender trained on the same split
+teaches GenLMM's plan head (KL to its next-item distribution, weight ``plan_teacher_weight``).
 """
 import math
 import time
+from dataclasses import dataclass
+from typing import Optional
 
-import torch
 from recbole.trainer import Trainer
-from recbole.utils import set_color
-from torch.nn.utils import clip_grad_norm_
+from recbole.utils import early_stopping, set_color
 from tqdm import tqdm
 
-from recbole_gen.model.core import lr_lambda
-from recbole_gen.utils import config_value
+from recbole_gen.config import Settings
+from recbole_gen.trainer.loop import SCHEDULES, Budget, OptimizerSteps
+
+
+@dataclass(frozen=True)
+class SFTSettings(Settings):
+    """The SFT loop's keys beyond RecBole's own (defaults in properties/model/GenLMM.yaml)."""
+
+    gradient_accumulation_steps: int
+    grad_clip: float
+    warmup_steps: int
+    lr_scheduler: str
+    max_train_minutes: float
+    log_every_steps: int
+    plan_teacher_file: Optional[str]
+    plan_teacher_weight: float
+
+    def check(self):
+        self.require(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", ">= 1")
+        self.require(self.lr_scheduler in SCHEDULES, "lr_scheduler", f"one of {', '.join(SCHEDULES)}")
+        for key in ("grad_clip", "warmup_steps", "max_train_minutes", "log_every_steps"):
+            self.require(getattr(self, key) >= 0, key, ">= 0")
+        self.require(0 <= self.plan_teacher_weight <= 1, "plan_teacher_weight", "in [0, 1]")
 
 
 class GenLMMTrainer(Trainer):
     def __init__(self, config, model):
+        self.sft = SFTSettings.from_config(config)
         super().__init__(config, model)
-        self.accumulation = max(1, int(config_value(config, "gradient_accumulation_steps", 1)))
-        self.grad_clip = float(config_value(config, "grad_clip", 0.0))
-        self.warmup_steps = int(config_value(config, "warmup_steps", 0))
-        self.schedule = str(config_value(config, "lr_scheduler", "constant"))
-        self.max_train_seconds = float(config_value(config, "max_train_minutes", 0)) * 60
-        self.log_every = int(config_value(config, "log_every_steps", 50))
-        self.global_step = 0
-        self.scheduler = None
-        self.budget_exhausted = False
-        self._train_started = None
+        self.budget = Budget(self.sft.max_train_minutes)
+        self.steps = None
+        self.teacher = None
         self.throughput = {}
 
     def _build_optimizer(self, **kwargs):
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        return super()._build_optimizer(params=params, **kwargs)
+        return super()._build_optimizer(params=[p for p in self.model.parameters() if p.requires_grad], **kwargs)
 
-    def _ensure_scheduler(self, train_data):
-        if self.scheduler is None:
-            per_epoch = math.ceil(len(train_data) / self.accumulation)
-            total = per_epoch * self.epochs
-            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(self.warmup_steps, total, self.schedule))
+    def _plan_teacher(self, train_data):
+        from recbole_gen.trainer.recommender import load_recommender
 
-    def _over_budget(self):
-        return bool(self.max_train_seconds) and time.time() - self._train_started > self.max_train_seconds
+        if self.sft.plan_teacher_file and self.teacher is None:
+            if not self.model.core.has_plan:
+                raise ValueError("plan_teacher_file teaches the plan head: set plan: item or semantic")
+            self.teacher = load_recommender(self.sft.plan_teacher_file, train_data._dataset, device=self.device)
+        return self.teacher
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
-        self._ensure_scheduler(train_data)
-        if self._train_started is None:
-            self._train_started = time.time()
-        self.model.train()
-        loss_func = loss_func or self.model.calculate_loss
-        tokens_per_row = self.model.core.num_image_tokens
+        model, sft = self.model, self.sft
+        if self.steps is None:
+            total = math.ceil(len(train_data) / sft.gradient_accumulation_steps) * self.epochs
+            self.steps = OptimizerSteps(self.optimizer, model.parameters(), total, sft.warmup_steps, sft.lr_scheduler,
+                                        sft.grad_clip, sft.gradient_accumulation_steps)
+        self.budget.start()
+        teacher = self._plan_teacher(train_data)
+        model.train()
+        tokens_per_row = model.core.num_image_tokens
         iter_data = tqdm(train_data, total=len(train_data), ncols=100, desc=set_color(f"Train {epoch_idx:>5}", "pink")) \
             if show_progress else train_data
         total, batches, rows, started = 0.0, 0, 0, time.time()
-        self.optimizer.zero_grad(set_to_none=True)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        last = len(train_data) - 1
         for batch_idx, interaction in enumerate(iter_data):
             interaction = interaction.to(self.device)
-            loss = loss_func(interaction)
+            target = None
+            if teacher is not None:
+                target = teacher.probs(interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN]).to(self.device)
+            loss = model.calculate_loss(interaction, plan_teacher=target)
             self._check_nan(loss)
-            (loss / self.accumulation).backward()
-            total += loss.item()
-            batches += 1
-            rows += len(interaction)
-            if (batch_idx + 1) % self.accumulation == 0 or batch_idx == last:
-                if self.grad_clip:
-                    clip_grad_norm_(params, self.grad_clip)
-                self.optimizer.step()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.global_step += 1
-                if self.log_every and self.global_step % self.log_every == 0:
-                    rate = rows * tokens_per_row / (time.time() - started)
-                    self.logger.info(f"step {self.global_step}: loss {loss.item():.4f}, lr {self.scheduler.get_last_lr()[0]:.2e}, "
-                                     f"{rate:,.0f} target image tokens/s")
-                if show_progress:
-                    iter_data.set_postfix(loss=f"{loss.item():.3f}")
-            if self._over_budget():
-                self.budget_exhausted = True
-                self.logger.info(set_color(f"max_train_minutes reached after {self.global_step} optimizer steps", "yellow"))
+            stepped = self.steps.backward(loss, last=batch_idx == len(train_data) - 1)
+            total, batches, rows = total + loss.item(), batches + 1, rows + len(interaction)
+            if stepped and sft.log_every_steps and self.steps.step_count % sft.log_every_steps == 0:
+                rate = rows * tokens_per_row / (time.time() - started)
+                self.logger.info(f"step {self.steps.step_count}: loss {loss.item():.4f}, lr {self.steps.lr:.2e}, "
+                                 f"{rate:,.0f} target image tokens/s")
+            if show_progress:
+                iter_data.set_postfix(loss=f"{loss.item():.3f}")
+            if self.budget.exhausted():
+                self.logger.info(set_color(f"max_train_minutes reached after {self.steps.step_count} optimizer steps", "yellow"))
                 break
         elapsed = time.time() - started
         self.throughput = {"target_tokens_per_s": rows * tokens_per_row / max(elapsed, 1e-9), "rows": rows, "seconds": elapsed}
         return total / max(batches, 1)
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
-        """RecBole's ``fit``, one epoch at a time so ``max_train_minutes`` can end it with a final validation."""
-        epochs, eval_step = self.epochs, self.eval_step
-        result = (self.best_valid_score, self.best_valid_result)
-        try:
-            for epoch in range(self.start_epoch, epochs):
-                self.epochs = epoch + 1
-                result = super().fit(train_data, valid_data, verbose=verbose, saved=saved, show_progress=show_progress,
-                                     callback_fn=callback_fn) if not self.budget_exhausted else result
-                self.start_epoch = epoch + 1
-                if self.budget_exhausted or (valid_data and self.eval_step > 0 and self.cur_step > self.stopping_step):
-                    if self.budget_exhausted and valid_data and eval_step > 0 and (epoch + 1) % eval_step:
-                        self.eval_step = 1  # validate (and save if best) the budget-cut model once
-                        score, res = self._valid_epoch(valid_data, show_progress=show_progress)
-                        if (score > self.best_valid_score) == bool(self.valid_metric_bigger) or self.best_valid_result is None:
-                            self.best_valid_score, self.best_valid_result = score, res
-                            if saved:
-                                self._save_checkpoint(epoch, verbose=verbose)
-                        result = (self.best_valid_score, self.best_valid_result)
+        """Train until ``epochs``, early stopping on validation or the wall-clock budget; returns
+        ``(best_valid_score, best_valid_result)`` like RecBole's ``fit``."""
+        self.eval_collector.data_collect(train_data)
+        validate = bool(valid_data) and self.eval_step > 0
+        for epoch in range(self.start_epoch, self.epochs):
+            started = time.time()
+            loss = self._train_epoch(train_data, epoch, show_progress=show_progress)
+            self.train_loss_dict[epoch] = loss
+            if verbose:
+                self.logger.info(self._generate_train_loss_output(epoch, started, time.time(), loss))
+            self._add_train_loss_to_tensorboard(epoch, loss)
+            out_of_time = self.budget.exhausted()
+            if not validate:
+                if saved:
+                    self._save_checkpoint(epoch, verbose=verbose)
+            elif (epoch + 1) % self.eval_step == 0 or out_of_time or epoch == self.epochs - 1:
+                if self._validate(valid_data, epoch, verbose, saved, show_progress, callback_fn):
                     break
-        finally:
-            self.epochs, self.eval_step = epochs, eval_step
-        return result
+            if out_of_time:
+                break
+        return self.best_valid_score, self.best_valid_result
+
+    def _validate(self, valid_data, epoch, verbose, saved, show_progress, callback_fn):
+        """One validation: early-stopping bookkeeping, a checkpoint when best; returns True to stop."""
+        started = time.time()
+        score, result = self._valid_epoch(valid_data, show_progress=show_progress)
+        self.best_valid_score, self.cur_step, stop, improved = early_stopping(
+            score, self.best_valid_score, self.cur_step, max_step=self.stopping_step, bigger=self.valid_metric_bigger)
+        if verbose:
+            self.logger.info(set_color(f"epoch {epoch} evaluating", "green") + f" [time: {time.time() - started:.2f}s, "
+                             f"valid_score: {score:f}]\n" + set_color("valid result", "blue") + f": {result}")
+        self.tensorboard.add_scalar("Vaild_score", score, epoch)
+        if improved:
+            if saved:
+                self._save_checkpoint(epoch, verbose=verbose)
+            self.best_valid_result = result
+        if callback_fn:
+            callback_fn(epoch, score)
+        if stop and verbose:
+            self.logger.info(f"Finished training, best eval result in epoch {epoch - self.cur_step * self.eval_step}")
+        return stop

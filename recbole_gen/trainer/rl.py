@@ -6,75 +6,85 @@
 One step (:meth:`GenLMMRLTrainer._rl_step`):
 
 1. ``rl_batch_size`` training rows (history -> next item) drawn with the trainer's own seeded generator;
-2. ``rl_group_size`` images per row from the current policy (``rl_temperature``, ``rl_guidance_scale``);
+2. ``rl_group_size`` images per row from the current policy (``rl_temperature``, ``rl_guidance_scale``); with a
+   plan head, each image's plan is sampled too and is part of the action;
 3. rewards (:mod:`recbole_gen.trainer.rewards`) and group-normalised advantages
    ``(r - mean_group) / std_group`` (0 for a constant group);
-4. ``rl_inner_epochs`` updates of the clipped policy-gradient loss on the sampled image tokens'
-   log-probabilities plus ``rl_kl_coef`` x KL(policy || reference), the reference being the SFT model
-   loaded from ``init_from``. With ``finetune: lora`` the RL stage trains a fresh LoRA adapter over the
-   frozen SFT adapter and the reference is the same model with that adapter switched off
+4. ``rl_inner_epochs`` updates of the clipped policy-gradient loss on the sampled plan's and image tokens'
+   log-probabilities plus ``rl_kl_coef`` x KL(policy || reference) on both, the reference being the SFT model
+   (``init_from``). With ``finetune: lora`` the RL stage trains a fresh LoRA adapter over the frozen SFT
+   adapter and the reference is the same model with that adapter switched off
    (:meth:`GenLMMCore.reference_policy`); with ``finetune: full`` it is a frozen copy of the SFT weights.
 
-The policy's log-probabilities are those of the conditional model at the rollout temperature
-(``log_softmax(logits / rl_temperature)``); with guidance or top-k/top-p in the rollouts the samples
-come from a slightly different distribution than the one scored (documented in docs/rl.md).
-Rollouts and updates run with the model in eval mode (no dropout), so the first inner epoch's
-ratio is exactly 1.
+The policy's log-probabilities are those of the conditional model at the rollout temperatures
+(``log_softmax(logits / rl_temperature)``, plans at ``plan_temperature``); with guidance or top-k/top-p in the
+rollouts the samples come from a slightly different distribution than the one scored (documented in docs/rl.md).
+Rollouts and updates run with the model in eval mode (no dropout), so the first inner epoch's ratio is exactly 1.
 """
 import contextlib
 import copy
 import math
 import time
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from recbole.utils import set_color
 
-from recbole_gen.files import atomic_write
+from recbole_gen.checkpoint import load_checkpoint, save_checkpoint
+from recbole_gen.config import Settings, plain_config
 from recbole_gen.trainer.genlmm import GenLMMTrainer
-from recbole_gen.trainer.rewards import COMPONENTS, Rollout, RewardSet, load_recommender, reward_catalogue, train_recommender
-from recbole_gen.utils import config_value
+from recbole_gen.trainer.loop import OptimizerSteps
+from recbole_gen.trainer.rewards import REWARDS, Rollout, RewardSet
 
-RL_DEFAULTS = {
-    "init_from": None,                 # SFT checkpoint (.pth) loaded before RL; also the KL reference
-    "rl_steps": 200,                   # optimisation steps (rollout batches)
-    "rl_batch_size": 16,               # training rows (users' histories) per step
-    "rl_group_size": 4,                # samples per row (the group of GRPO)
-    "rl_inner_epochs": 1,              # updates per batch of samples
-    "rl_learning_rate": 1e-4,          # AdamW learning rate of the RL stage (SFT's learning_rate is not used)
-    "rl_clip_eps": 0.2,                # PPO clip range of the probability ratio
-    "rl_kl_coef": 0.05,                # weight of KL(policy || SFT reference)
-    "rl_temperature": 0.7,             # rollout sampling temperature (> 0); = GenLMM's temperature: RL tunes what is evaluated
-    "rl_guidance_scale": 0.0,          # rollout classifier-free guidance
-    "rl_top_k": 0,                     # rollout top-k (0 = all)
-    "rl_top_p": 1.0,                   # rollout nucleus mass
-    "rl_advantage_eps": 1e-6,          # added to the group std; groups with std below it get advantage 0
-    "rl_target_weight": 1.0,           # reward weights (0 = component off)
-    "rl_recommender_weight": 1.0,
-    "rl_history_weight": 0.0,
-    "rl_diversity_weight": 0.5,
-    "rl_oracle_weight": 0.0,           # simulated datasets only; refused with OracleUtility in metrics
-    "rl_reward_encoder": "pixel",      # encoder of the reward space (may and should differ from eval_encoder in reports)
-    "rl_reward_encoder_size": None,    # pixels it sees (~ = its own default)
-    "rl_reward_encoder_path": None,    # weights for efficientnet-lite0 / open_clip
-    "rl_recommender_temperature": 0.05,  # softmax temperature of the soft retrieval over the catalogue
-    "rl_diversity_threshold": 0.9,     # cosine above which two samples of a group count as near-duplicates
-    "reward_recommender_file": None,   # RecBole checkpoint (SASRec...) on the same split; ~ = train one on demand
-    "rl_recommender_epochs": 5,        # epochs of the on-demand SASRec
-    "rl_seed": 0,                      # seeds the row sampler and the rollout noise (resumable stream)
-    "rl_save_every": 25,               # checkpoint every N steps (and at the end)
-    "rl_log_every": 1,                 # log line every N steps (TensorBoard gets every step)
-    "rl_resume_from": None,            # an RL checkpoint to continue from (its step, optimizer, sampler)
-    "rl_grad_clip": 1.0,               # max gradient norm (0 = off)
-}
+
+@dataclass(frozen=True)
+class RLSettings(Settings):
+    """The RL stage's keys (defaults and meanings in properties/model/GenLMM.yaml)."""
+
+    init_from: Optional[str]
+    rl_steps: int
+    rl_batch_size: int
+    rl_group_size: int
+    rl_inner_epochs: int
+    rl_learning_rate: float
+    rl_clip_eps: float
+    rl_kl_coef: float
+    rl_temperature: float
+    rl_guidance_scale: float
+    rl_top_k: int
+    rl_top_p: float
+    rl_advantage_eps: float
+    rl_target_weight: float
+    rl_recommender_weight: float
+    rl_history_weight: float
+    rl_diversity_weight: float
+    rl_oracle_weight: float
+    rl_reward_encoder: str
+    rl_recommender_temperature: float
+    rl_diversity_threshold: float
+    reward_recommender_file: Optional[str]
+    rl_recommender_epochs: int
+    rl_seed: int
+    rl_save_every: int
+    rl_log_every: int
+    rl_resume_from: Optional[str]
+    rl_grad_clip: float
+
+    def check(self):
+        self.require(self.rl_temperature > 0, "rl_temperature", "> 0 (RL needs sampled, not greedy, rollouts)")
+        for key in ("rl_steps", "rl_batch_size", "rl_group_size", "rl_inner_epochs"):
+            self.require(getattr(self, key) >= 1, key, ">= 1")
+        for key in ("rl_learning_rate", "rl_clip_eps", "rl_kl_coef", "rl_grad_clip", "rl_save_every", "rl_log_every"):
+            self.require(getattr(self, key) >= 0, key, ">= 0")
+        self.require(0 < self.rl_top_p <= 1, "rl_top_p", "in (0, 1]")
+
+    def weights(self):
+        return {name: getattr(self, f"rl_{name}_weight") for name in REWARDS}
 
 
 class RLDivergenceError(RuntimeError):
     """A reward or loss became NaN/inf; the last good checkpoint is kept."""
-
-
-def rl_settings(config):
-    """Every RL key with its default (``RL_DEFAULTS``) for keys the config does not set."""
-    return {key: config_value(config, key, default) for key, default in RL_DEFAULTS.items()}
 
 
 # --------------------------------------------------------------------------- the loss, piece by piece
@@ -113,104 +123,93 @@ def kl_penalty(logp, ref_logp):
 
 # --------------------------------------------------------------------------- the trainer
 class GenLMMRLTrainer(GenLMMTrainer):
-    """GRPO-style RL for GenLMM after SFT; RecBole's trainer contract (``fit``/``evaluate``/checkpoints)."""
+    """GRPO-style RL for GenLMM after SFT; RecBole's trainer contract (``fit``/``evaluate``/checkpoints).
+    The quick start loads ``init_from`` into the model before the trainer is built."""
 
     def __init__(self, config, model):
         super().__init__(config, model)
-        self.rl = rl_settings(config)
-        if float(self.rl["rl_temperature"]) <= 0:
-            raise ValueError("rl_temperature must be > 0: RL needs sampled, not greedy, rollouts")
-        if float(self.rl["rl_oracle_weight"]) and "oracleutility" in [str(m).lower() for m in (config["metrics"] or [])]:
+        self.rl = RLSettings.from_config(config)
+        if self.rl.rl_oracle_weight and "oracleutility" in [str(m).lower() for m in config["metrics"]]:
             raise ValueError("rl_oracle_weight > 0 trains on the simulator's utility, so OracleUtility is no longer a "
                              "held-out metric: remove it from metrics or set rl_oracle_weight: 0")
-        self.init_from = self.rl["init_from"]
-        if self.init_from:
-            self._load_weights(self.init_from)
-        elif config["stage"] and str(config["stage"]).lower() == "rl":
+        if not self.rl.init_from:
             self.logger.warning(set_color("stage=rl without init_from: RL starts from (and is leashed to) an untrained "
                                           "GenLMM", "yellow"))
         # the KL reference: LoRA switches the RL adapter off; full fine-tuning keeps a frozen copy of the SFT weights
         self.reference = None if model.core.has_rl_adapter else copy.deepcopy(model.core).eval().requires_grad_(False)
-        self.optimizer = self._build_optimizer(learning_rate=float(self.rl["rl_learning_rate"]))
+        self.optimizer = self._build_optimizer(learning_rate=self.rl.rl_learning_rate)
+        self.rl_optimizer = OptimizerSteps(self.optimizer, self.model.parameters(), grad_clip=self.rl.rl_grad_clip)
         self.rl_step = 0
         self.rl_history = []          # one dict of logged scalars per step
-        self.sampler = torch.Generator().manual_seed(int(self.rl["rl_seed"]))
+        self.sampler = torch.Generator().manual_seed(self.rl.rl_seed)
         self.rewards = None
         self.last_good_checkpoint = None
 
     # ------------------------------------------------------------------ setup
-    def _load_weights(self, path):
-        from recbole_gen.compat import load_checkpoint
-
-        checkpoint = load_checkpoint(path, map_location="cpu")
-        self.model.load_state_dict(checkpoint["state_dict"])
-        self.model.load_other_parameter(checkpoint.get("other_parameter"))
-        self.logger.info(set_color("RL init_from", "blue") + f": {path}")
-
     def build_rewards(self, train_data):
         """The reward set for this run (reward encoder catalogue, recommender, simulator)."""
+        from recbole_gen.retrieval.catalogue import ImageCatalogue
+        from recbole_gen.trainer.recommender import load_recommender, train_recommender
+
         rl, model = self.rl, self.model
-        weights = {name: float(rl[f"rl_{name}_weight"]) for name in COMPONENTS}
-        device = self.config["device"] or "cpu"
-        catalogue = reward_catalogue(model.store, rl["rl_reward_encoder"], rl["rl_reward_encoder_size"],
-                                     rl["rl_reward_encoder_path"], device=device)
+        weights = rl.weights()
+        catalogue = ImageCatalogue.from_config(self.config, model.store, prefix="rl_reward_encoder")
         recommender = simulator = None
         if weights["recommender"]:
-            if rl["reward_recommender_file"]:
-                recommender = load_recommender(rl["reward_recommender_file"], train_data._dataset, device=device)
+            if rl.reward_recommender_file:
+                recommender = load_recommender(rl.reward_recommender_file, train_data._dataset, device=self.device)
             else:
-                recommender = train_recommender(self.config, train_data, epochs=rl["rl_recommender_epochs"],
-                                                seed=rl["rl_seed"], save_dir=self.checkpoint_dir)
+                recommender = train_recommender(self.config, train_data, rl.rl_recommender_epochs, rl.rl_seed,
+                                                self.checkpoint_dir)
         if weights["oracle"]:
             from recbole_gen.data.simulator import load_simulator
 
             simulator = load_simulator(self.config, train_data._dataset)
         self.logger.info(f"RL rewards: {', '.join(f'{k}={v:g}' for k, v in weights.items() if v)}; reward encoder "
                          f"{catalogue.encoder.describe()} (evaluation encoder: {self.config['eval_encoder']})")
-        return RewardSet(catalogue, weights, recommender, simulator, rl["rl_recommender_temperature"],
-                         rl["rl_diversity_threshold"], history_len=model.core.settings["history_len"])
+        return RewardSet(catalogue, weights, recommender, simulator, rl.rl_recommender_temperature,
+                         rl.rl_diversity_threshold, history_len=model.settings.history_len)
 
     # ------------------------------------------------------------------ one step
     def _rl_step(self, inter):
         rl, core, model = self.rl, self.model.core, self.model
         started = time.time()
-        B, G = int(rl["rl_batch_size"]), int(rl["rl_group_size"])
-        rows = torch.randint(len(inter), (B,), generator=self.sampler)
-        batch = inter[rows]
+        B, G = rl.rl_batch_size, rl.rl_group_size
+        batch = inter[torch.randint(len(inter), (B,), generator=self.sampler)]
         item_seq, item_len = batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN]
         targets, users = batch[model.POS_ITEM_ID], batch[self.config["USER_ID_FIELD"]]
         histories = core.histories(item_seq, item_len)
-        temperature = float(rl["rl_temperature"])
+        temperature, plan_temperature = rl.rl_temperature, model.settings.plan_temperature
         self.model.eval()
-        seed = int(rl["rl_seed"]) * 100_003 + self.rl_step
-        tokens = core.generate_tokens(histories, num_samples=G, guidance_scale=float(rl["rl_guidance_scale"]),
-                                      temperature=temperature, top_k=int(rl["rl_top_k"]), top_p=float(rl["rl_top_p"]),
-                                      seed=seed)
-        pixels = core.decode(tokens)
-        components, total = self.rewards(Rollout(pixels, users, item_seq, item_len, targets))
+        tokens, plans = core.generate_tokens(histories, num_samples=G, guidance_scale=rl.rl_guidance_scale,
+                                             temperature=temperature, top_k=rl.rl_top_k, top_p=rl.rl_top_p,
+                                             seed=rl.rl_seed * 100_003 + self.rl_step, plan_temperature=plan_temperature)
+        components, total = self.rewards(Rollout(core.decode(tokens), users, item_seq, item_len, targets))
         if not torch.isfinite(total).all():
             bad = {k: int((~torch.isfinite(v)).sum()) for k, v in components.items()}
             self._diverged(f"non-finite reward (non-finite values per component: {bad})")
-        advantages = group_advantages(total, float(rl["rl_advantage_eps"])).reshape(-1)
+        advantages = group_advantages(total, rl.rl_advantage_eps).reshape(-1)
         flat_histories = [h for h in histories for _ in range(G)]
-        flat_tokens = tokens.reshape(B * G, -1)
+        flat_tokens, flat_plans = tokens.reshape(B * G, -1), plans.reshape(-1)
+
+        def action_logprobs(policy):
+            """Log-probabilities of the whole action, plan (if any) then image tokens: [B*G, (1 +) T]."""
+            logp, plan_logp, entropy = policy.token_logprobs(flat_histories, flat_tokens, flat_plans, temperature,
+                                                             plan_temperature)
+            return (torch.cat([plan_logp.unsqueeze(1), logp], 1) if core.has_plan else logp), entropy
+
         with torch.no_grad():
-            old_logp, _ = core.token_logprobs(flat_histories, flat_tokens, temperature)
+            old_logp, _ = action_logprobs(core)
             with self.reference_policy() as reference:
-                ref_logp, _ = reference.token_logprobs(flat_histories, flat_tokens, temperature)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        for _ in range(max(1, int(rl["rl_inner_epochs"]))):
-            logp, entropy = core.token_logprobs(flat_histories, flat_tokens, temperature)
-            pg_loss, clip_fraction = clipped_policy_loss(logp, old_logp, advantages, float(rl["rl_clip_eps"]))
+                ref_logp, _ = action_logprobs(reference)
+        for _ in range(rl.rl_inner_epochs):
+            logp, entropy = action_logprobs(core)
+            pg_loss, clip_fraction = clipped_policy_loss(logp, old_logp, advantages, rl.rl_clip_eps)
             kl = kl_penalty(logp, ref_logp).mean()
-            loss = pg_loss + float(rl["rl_kl_coef"]) * kl
+            loss = pg_loss + rl.rl_kl_coef * kl
             if not torch.isfinite(loss):
                 self._diverged(f"non-finite loss (policy loss {pg_loss.item()}, KL {kl.item()})")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if float(rl["rl_grad_clip"]):
-                torch.nn.utils.clip_grad_norm_(params, float(rl["rl_grad_clip"]))
-            self.optimizer.step()
+            self.rl_optimizer.backward(loss)
         self.rl_step += 1
         log = {"step": self.rl_step, "reward": total.mean().item(), "reward_std": total.std().item(),
                **{f"reward_{k}": v.mean().item() for k, v in components.items()},
@@ -235,32 +234,29 @@ class GenLMMRLTrainer(GenLMMTrainer):
         for key, value in log.items():
             if key != "step" and self.tensorboard is not None:
                 self.tensorboard.add_scalar(f"rl/{key}", value, log["step"])
-        every = int(self.rl["rl_log_every"])
-        if every and log["step"] % every == 0:
+        if self.rl.rl_log_every and log["step"] % self.rl.rl_log_every == 0:
             parts = ", ".join(f"{k} {v:.4f}" for k, v in log.items() if k not in ("step", "step_seconds"))
-            self.logger.info(f"RL step {log['step']}/{self.rl['rl_steps']}: {parts}, {log['step_seconds']:.2f} s")
+            self.logger.info(f"RL step {log['step']}/{self.rl.rl_steps}: {parts}, {log['step_seconds']:.2f} s")
 
     # ------------------------------------------------------------------ checkpoints
     def _save_rl_checkpoint(self, verbose=True):
         """RecBole's checkpoint layout (config, state_dict, other_parameter, optimizer, ...) plus ``rl``:
-        the step, the row sampler's state and the logged history; written atomically."""
+        the step, the row sampler's state and the logged history; plain data, written atomically."""
         state = {
-            "config": self.config, "epoch": 0, "cur_step": self.cur_step, "best_valid_score": self.best_valid_score,
-            "state_dict": self.model.state_dict(), "other_parameter": self.model.other_parameter(),
-            "optimizer": self.optimizer.state_dict(),
+            "config": plain_config(self.config), "epoch": 0, "cur_step": self.cur_step,
+            "best_valid_score": float(self.best_valid_score), "state_dict": self.model.state_dict(),
+            "other_parameter": self.model.other_parameter(), "optimizer": self.optimizer.state_dict(),
             "rl": {"step": self.rl_step, "sampler": self.sampler.get_state(), "history": list(self.rl_history),
-                   "init_from": self.init_from},
+                   "init_from": self.rl.init_from},
         }
-        atomic_write(self.saved_model_file, lambda f: torch.save(state, f, pickle_protocol=4))
+        save_checkpoint(self.saved_model_file, state)
         self.last_good_checkpoint, self._last_good_step = self.saved_model_file, self.rl_step
         if verbose:
             self.logger.info(set_color("Saving current", "blue") + f": {self.saved_model_file} (RL step {self.rl_step})")
 
     def resume_rl(self, path):
         """Continue from an RL checkpoint: weights, optimizer, step, row sampler and log history."""
-        from recbole_gen.compat import load_checkpoint
-
-        checkpoint = load_checkpoint(path, map_location="cpu")
+        checkpoint = load_checkpoint(path)
         if "rl" not in checkpoint:
             raise ValueError(f"{path} is not an RL checkpoint (no 'rl' state); use it as init_from instead")
         self.model.load_state_dict(checkpoint["state_dict"])
@@ -278,17 +274,16 @@ class GenLMMRLTrainer(GenLMMTrainer):
         """Run ``rl_steps`` RL steps, checkpointing every ``rl_save_every``; then validate once (if
         ``valid_data``) and save. Returns ``(best_valid_score, best_valid_result)`` like RecBole."""
         rl = self.rl
-        if rl["rl_resume_from"]:
-            self.resume_rl(rl["rl_resume_from"])
+        if rl.rl_resume_from:
+            self.resume_rl(rl.rl_resume_from)
         if self.rewards is None:
             self.rewards = self.build_rewards(train_data)
         inter = train_data._dataset.inter_feat
-        total_steps, save_every = int(rl["rl_steps"]), int(rl["rl_save_every"])
         self.model.eval()
-        while self.rl_step < total_steps:
+        while self.rl_step < rl.rl_steps:
             log = self._rl_step(inter)
             self._log(log)
-            if saved and save_every and self.rl_step % save_every == 0 and self.rl_step < total_steps:
+            if saved and rl.rl_save_every and self.rl_step % rl.rl_save_every == 0 and self.rl_step < rl.rl_steps:
                 self._save_rl_checkpoint(verbose=verbose)
             self._after_step(log)
         if valid_data:

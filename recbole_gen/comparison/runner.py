@@ -149,8 +149,8 @@ def default_out_dir(dataset, resume):
 
 def run_benchmark(preset="default", models=None, dataset=None, out=None, resume=False, overrides=None, command=None):
     """Run (or resume) a benchmark; returns the results folder with results.md/.csv/.json and the gallery."""
-    from recbole_gen.benchmark.gallery import write_gallery
-    from recbole_gen.benchmark.report import write_report
+    from recbole_gen.comparison.gallery import write_gallery
+    from recbole_gen.comparison.report import write_report
     from recbole_gen.config import Config
     from recbole_gen.data import ensure_dataset_files
 

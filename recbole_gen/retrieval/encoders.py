@@ -1,4 +1,4 @@
-"""Image encoders for evaluation: one interface, chosen by name or by config.
+"""Image encoders: one interface, chosen by name or by config, for the evaluation and for RL rewards.
 
 Every encoder maps pixels ``FloatTensor[N, 3, H, W]`` in ``[0, 1]`` to L2-normalised embeddings
 ``FloatTensor[N, D]`` (float32, on the input's device), in batches and without gradients. It resizes
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recbole_gen.utils import config_value
+from recbole_gen.data.images import centred_unit, resize
 
 ENCODERS = {}
 
@@ -46,13 +46,6 @@ def register_encoder(name):
         return cls
 
     return decorator
-
-
-def _resize(pixels, size):
-    if size is None or (pixels.shape[-2] == size and pixels.shape[-1] == size):
-        return pixels
-    antialias = pixels.shape[-1] > size
-    return F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False, antialias=antialias)
 
 
 class ImageEncoder:
@@ -97,7 +90,7 @@ class ImageEncoder:
         chunks = []
         for start in range(0, pixels.shape[0], self.batch_size):
             batch = pixels[start:start + self.batch_size].to(self.device, self.dtype)
-            batch = _resize(batch, self.size)
+            batch = resize(batch, self.size)
             features = self._encode_batch(batch).float().flatten(1)
             chunks.append(F.normalize(features, dim=-1).to(out_device))
         return torch.cat(chunks)
@@ -124,16 +117,19 @@ class PixelEncoder(ImageEncoder):
 
     @torch.no_grad()
     def fit(self, catalogue_pixels):
-        """Set the mean image from ``FloatTensor[N, 3, H, W]`` (the catalogue's items with images)."""
-        self._check(catalogue_pixels)
-        if catalogue_pixels.shape[0] == 0:
+        """Set the mean image from the catalogue's items with images: a ``FloatTensor[N, 3, H, W]``, or an iterable
+        of such batches (a large catalogue, a batch at a time)."""
+        batches = torch.split(catalogue_pixels, self.batch_size) if isinstance(catalogue_pixels, torch.Tensor) \
+            else catalogue_pixels
+        total, count = None, 0
+        for batch in batches:
+            self._check(batch)
+            batch = resize(batch.float().cpu(), self.size or batch.shape[-1])
+            total = batch.double().sum(0) if total is None else total + batch.double().sum(0)
+            count += batch.shape[0]
+        if not count:
             raise ValueError("pixel encoder: cannot fit the mean image of an empty catalogue")
-        size = self.size or catalogue_pixels.shape[-1]
-        total = torch.zeros(3, size, size, dtype=torch.float64)
-        for start in range(0, catalogue_pixels.shape[0], self.batch_size):
-            batch = _resize(catalogue_pixels[start:start + self.batch_size].float().cpu(), size)
-            total += batch.double().sum(0)
-        self._set_mean((total / catalogue_pixels.shape[0]).float())
+        self._set_mean((total / count).float())
         return self
 
     def settings(self):
@@ -148,7 +144,7 @@ class PixelEncoder(ImageEncoder):
                 "pixel encoder is not fitted: call encoder.fit(catalogue_pixels) with the catalogue's "
                 "images first (ImageCatalogue does this for you)"
             )
-        return pixels - self.mean.to(pixels.device, pixels.dtype)
+        return centred_unit(pixels, self.mean.to(pixels.dtype))
 
 
 @register_encoder("efficientnet-lite0")
@@ -306,22 +302,15 @@ def build_image_encoder(name, **options):
     return ENCODERS[key](**options)
 
 
-def build_image_encoder_from_config(config):
-    """The evaluation encoder named by config keys ``eval_encoder``, ``eval_encoder_path``,
-    ``eval_encoder_model``, ``eval_encoder_size``, ``eval_encoder_batch_size``,
-    ``eval_encoder_device`` (``~`` = ``config['device']``) and ``eval_encoder_dtype``."""
-    def get(key, default=None):
-        return config_value(config, key, default)
-
-    name = get("eval_encoder", "pixel")
-    options = {
-        "size": get("eval_encoder_size"),
-        "batch_size": get("eval_encoder_batch_size"),
-        "device": get("eval_encoder_device") or get("device", "cpu"),
-        "dtype": get("eval_encoder_dtype"),
-    }
-    if name != "pixel" and name != "random":
-        options["path"] = get("eval_encoder_path")
+def build_image_encoder_from_config(config, prefix="eval_encoder"):
+    """The encoder named by config keys ``<prefix>`` (``eval_encoder`` or ``rl_reward_encoder``), ``<prefix>_path``,
+    ``<prefix>_model``, ``<prefix>_size``, ``<prefix>_batch_size``, ``<prefix>_device`` (``~`` =
+    ``config['device']``) and ``<prefix>_dtype``; ``~`` means the encoder's own default."""
+    name = config[prefix]
+    options = {"size": config[f"{prefix}_size"], "batch_size": config[f"{prefix}_batch_size"],
+               "device": config[f"{prefix}_device"] or config["device"], "dtype": config[f"{prefix}_dtype"]}
+    if name not in ("pixel", "random"):
+        options["path"] = config[f"{prefix}_path"]
     if str(name).replace("-", "_").lower() in ("open_clip", "openclip"):
-        options["model"] = get("eval_encoder_model")
+        options["model"] = config[f"{prefix}_model"]
     return build_image_encoder(name, **options)

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from recbole_gen.model.generative import GenerativeRecommender
+
 HISTORY_SHOWN = 5
 TILE = 64
 LABEL = 14
@@ -21,15 +23,13 @@ def pick_users(test_dataset, n, seed):
     return np.sort(rng.choice(count, size=min(n, count), replace=False))
 
 
-def _images_for_row(model, interaction, n_samples, seed, item_pixels):
+def _images_for_row(model, interaction, n_samples, seed, store):
     """[U, k, 3, S, S] pixels: a generator's samples, or a ranker's top-1 catalogue item."""
-    if hasattr(model, "generate"):
-        seq, lengths = interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN]
-        histories = [seq[i, : int(lengths[i])].tolist() for i in range(len(lengths))]
-        return model.generate(histories=histories, num_samples=n_samples, seed=seed).pixels
+    if isinstance(model, GenerativeRecommender):
+        return model.generate_images(interaction, num_samples=n_samples, seed=seed).pixels
     scores = model.full_sort_predict(interaction).detach().cpu().reshape(len(interaction), -1)
     scores[:, 0] = -torch.inf
-    return item_pixels[scores.argmax(dim=1)].unsqueeze(1)
+    return store.pixels(scores.argmax(dim=1)).unsqueeze(1)
 
 
 def collect_gallery(rows, n_users, n_samples, seed):
@@ -37,37 +37,33 @@ def collect_gallery(rows, n_users, n_samples, seed):
 
     Users and their histories come from the first sequential row's test split (a general model
     such as Pop has no item sequences; it scores the same users by id)."""
-    from recbole.utils import ModelType
-
-    from recbole_gen.compat import load_checkpoint
-    from recbole_gen.data.images import ItemImageStore
-    from recbole_gen.evaluator import ImageCatalogue
+    from recbole_gen.checkpoint import load_checkpoint
     from recbole_gen.quick_start import load_data_and_model
+    from recbole_gen.retrieval.catalogue import ImageCatalogue
 
     types = [load_checkpoint(row["model_file"])["config"]["MODEL_TYPE"] for row in rows]
-    if ModelType.SEQUENTIAL not in types:
+    if "SEQUENTIAL" not in types:
         raise ValueError("the gallery needs at least one sequential row (it shows each user's history)")
-    first = types.index(ModelType.SEQUENTIAL)
+    first = types.index("SEQUENTIAL")
     users, tiles = None, {}
     for row in [rows[first], *rows[:first], *rows[first + 1:]]:
         config, model, dataset, _, _, test_data = load_data_and_model(row["model_file"])
         model.eval()
         if users is None:
-            store = ItemImageStore.from_dataset(config, dataset)
-            item_pixels = store.pixels()
-            catalogue = ImageCatalogue.from_config(config, dataset, store)
+            store = dataset.image_store
+            catalogue = ImageCatalogue.from_config(config, store)
             picked = pick_users(test_data._dataset, n_users, seed)
             interaction = test_data._dataset.inter_feat[torch.as_tensor(picked)]
             target_ids = interaction[config["ITEM_ID_FIELD"]]
-            target_emb = catalogue.encode(item_pixels[target_ids])
+            target_emb = catalogue.encode(store.pixels(target_ids))
             seq, lengths = interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN]
             users = [{
                 "user": str(dataset.id2token(dataset.uid_field, int(interaction[dataset.uid_field][i]))),
-                "history": item_pixels[seq[i, max(0, int(lengths[i]) - HISTORY_SHOWN): int(lengths[i])]],
-                "target": item_pixels[target_ids[i]],
+                "history": store.pixels(seq[i, max(0, int(lengths[i]) - HISTORY_SHOWN): int(lengths[i])]),
+                "target": store.pixels(target_ids[i:i + 1])[0],
             } for i in range(len(picked))]
         with torch.no_grad():
-            images = _images_for_row(model, interaction.to(config["device"]), n_samples, seed, item_pixels).cpu()
+            images = _images_for_row(model, interaction.to(config["device"]), n_samples, seed, store).cpu()
         emb = catalogue.encode(images.flatten(0, 1)).reshape(images.shape[0], images.shape[1], -1)
         tiles[row["row"]] = list(zip(images, (emb * target_emb.unsqueeze(1)).sum(-1).tolist()))
     columns = [row["row"] for row in rows]

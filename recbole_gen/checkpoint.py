@@ -1,0 +1,151 @@
+"""Checkpoints that cannot execute code: config as plain data, weights as tensors.
+
+RecBole's trainers pickle their ``Config`` into every checkpoint, and loading such a file with
+``torch.load(weights_only=False)`` runs whatever code the pickle names: a checkpoint shared between students
+or machines could run anything. Here every trainer (RecBole's through :mod:`recbole_gen.compat`, recbole-gen's
+own) writes ``config`` as plain data (:func:`recbole_gen.config.plain_config`), and :func:`load_checkpoint`
+reads with ``weights_only=True``: tensors, numbers, strings, lists and dicts only. A file that needs more is
+refused with a one-line error; ``trust=True`` (``--trust-checkpoint``) opts in for a file you trust (e.g. one
+written by stock RecBole).
+
+:func:`export_checkpoint` writes a Hugging Face-style folder (``config.json``, ``model.safetensors``,
+``other_parameter.json`` / ``other_parameter.safetensors``) that :func:`load_checkpoint`, ``load_data_and_model``
+and ``recbole-gen generate`` read like a ``.pth`` file.
+"""
+import json
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from recbole_gen.files import atomic_write, atomic_write_bytes
+
+EXPORT_FORMAT = "recbole-gen-checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, incomplete, not a checkpoint, or that would need arbitrary unpickling."""
+
+
+def save_checkpoint(path, state):
+    """Write ``state`` (its ``config`` already plain data) atomically: an interrupted save leaves the old file."""
+    atomic_write(path, lambda f: torch.save(state, f))  # the default protocol: the weights-only unpickler reads it
+    return path
+
+
+def load_checkpoint(path, map_location="cpu", trust=False):
+    """A checkpoint dict (``config``, ``state_dict``, ``other_parameter``, ...) from a ``.pth`` file or an exported
+    folder, without executing anything unless ``trust``."""
+    path = Path(path)
+    if path.is_dir():
+        return _load_exported(path, map_location)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint '{path}' does not exist")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "weights only" not in str(error).lower():  # not even a pickle torch could read
+            raise CheckpointError(f"'{path}' is not a checkpoint ({_first_line(error)})") from None
+        if not trust:
+            raise CheckpointError(
+                f"checkpoint '{path}' holds pickled objects, not just tensors and plain data (e.g. it was written by "
+                f"stock RecBole, which pickles its Config); loading it could run code. If you trust the file, pass "
+                f"--trust-checkpoint (Python: trust=True), or re-save it with recbole-gen ({_first_line(error)})"
+            ) from None
+        checkpoint = _load_trusted(path, map_location)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
+        raise CheckpointError(f"'{path}' is not a complete checkpoint ({_first_line(error)}); it may be truncated or "
+                              f"not a checkpoint at all: retrain or copy it again") from None
+    if not isinstance(checkpoint, dict) or not {"config", "state_dict"} <= set(checkpoint):
+        raise CheckpointError(f"'{path}' is not a RecBole checkpoint (a dict with 'config' and 'state_dict')")
+    return checkpoint
+
+
+def _load_trusted(path, map_location):
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as error:
+        raise CheckpointError(f"'{path}' could not be loaded ({_first_line(error)})") from None
+
+
+def _first_line(error):
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def checkpoint_config(checkpoint):
+    """The run's :class:`recbole_gen.config.Config` from a checkpoint (plain data, or a trusted pickled Config)."""
+    from recbole_gen.config import Config
+
+    config = checkpoint["config"]
+    return Config.from_plain(config) if isinstance(config, dict) else config
+
+
+def export_checkpoint(path, out, trust=False):
+    """Write checkpoint ``path`` as a folder ``out``: config.json, model.safetensors and the model's other
+    parameters (JSON, tensors in other_parameter.safetensors)."""
+    from safetensors.torch import save
+
+    from recbole_gen.config import plain_config
+
+    checkpoint = load_checkpoint(path, trust=trust)
+    config = checkpoint["config"]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors, plain = _split_tensors(checkpoint.get("other_parameter") or {})
+    files = {
+        "config.json": json.dumps(config if isinstance(config, dict) else plain_config(config), indent=1).encode(),
+        "model.safetensors": save({k: v.contiguous() for k, v in checkpoint["state_dict"].items()}),
+        "other_parameter.json": json.dumps(plain, indent=1).encode(),
+        "other_parameter.safetensors": save(tensors),
+        "recbole_gen.json": json.dumps({"format": EXPORT_FORMAT, "source": str(path)}, indent=1).encode(),
+    }
+    for name, data in files.items():
+        atomic_write_bytes(out / name, data)
+    return out
+
+
+def _split_tensors(other, prefix=""):
+    tensors, plain = {}, {}
+    for key, value in other.items():
+        if isinstance(value, torch.Tensor):
+            tensors[prefix + key] = value.contiguous()
+        elif isinstance(value, dict):
+            inner_tensors, inner_plain = _split_tensors(value, f"{prefix}{key}.")
+            tensors.update(inner_tensors)
+            plain[key] = inner_plain
+        else:
+            plain[key] = value
+    return tensors, plain
+
+
+def _load_exported(folder, map_location):
+    from safetensors.torch import load_file
+
+    marker = folder / "recbole_gen.json"
+    if not marker.is_file() or json.loads(marker.read_text()).get("format") != EXPORT_FORMAT:
+        raise CheckpointError(f"'{folder}' is not an exported recbole-gen checkpoint (no {marker.name} with format "
+                              f"{EXPORT_FORMAT}); export one with `recbole-gen export --model-file X --out {folder}`")
+    try:
+        other = json.loads((folder / "other_parameter.json").read_text())
+        for key, value in load_file(folder / "other_parameter.safetensors", device=str(map_location)).items():
+            *parents, leaf = key.split(".")
+            node = other
+            for parent in parents:
+                node = node.setdefault(parent, {})
+            node[leaf] = value
+        return {"config": json.loads((folder / "config.json").read_text()),
+                "state_dict": load_file(folder / "model.safetensors", device=str(map_location)), "other_parameter": other}
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"exported checkpoint '{folder}' is incomplete ({_first_line(error)})") from None
+
+
+def restore_model(checkpoint, dataset, config=None):
+    """The model a checkpoint holds, rebuilt on ``dataset`` (its own config unless ``config`` is given)."""
+    from recbole_gen.utils import get_model
+
+    config = config or checkpoint_config(checkpoint)
+    model = get_model(config["model"])(config, dataset)
+    model.load_state_dict(checkpoint["state_dict"])
+    model.load_other_parameter(checkpoint.get("other_parameter"))
+    return model

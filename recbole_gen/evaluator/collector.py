@@ -1,0 +1,89 @@
+"""RecBole's ``Collector`` plus the data the image metrics need, collected when a metric asks for it.
+
+Like RecBole's own collector, what is collected is decided by registration: when ``metrics`` lists an image
+metric (TargetSim, FD, ...), ``self.register.need("gen.image")`` holds and every evaluation batch adds its
+per-user image values under ``gen.*`` keys. Each user's "samples" are:
+
+* for a **generator**: the embeddings of the images it drew, which the evaluation loop puts in the batch's
+  ``Interaction`` under :data:`SAMPLES` (and :data:`SAMPLE_MASK`);
+* for a **ranker**: the catalogue embeddings of its top-``eval_image_samples`` items by score.
+
+General models (Pop) have no ``item_id_list``: the loop puts each user's training items under :data:`HISTORY`.
+The Fréchet statistics are running sums (memory does not grow with the number of batches).
+"""
+import torch
+from recbole.evaluator.collector import Collector
+
+from recbole_gen.evaluator.functional import FrechetStats, image_metrics
+from recbole_gen.evaluator.metrics import NEED
+
+SAMPLES, SAMPLE_MASK, HISTORY = "gen_sample_emb", "gen_sample_mask", "gen_history"
+PER_USER = ("target_sim", "target_sim_best", "history_sim", "future_sim", "diversity", "novelty", "oracle_utility",
+            "nearest")
+
+
+class ImageCollector(Collector):
+    def __init__(self, config):
+        super().__init__(config)
+        self.catalogue = self.judge = self.future_by_user = None
+
+    def set_image_context(self, catalogue, judge=None, future_by_user=None):
+        """The catalogue (evaluation encoder + index), the OracleUtility judge, and each user's later items (the
+        validation phase's future is the test item; None where there is none: FutureSim is then NaN)."""
+        self.catalogue, self.judge, self.future_by_user = catalogue, judge, future_by_user
+
+    def eval_batch_collect(self, scores_tensor, interaction, positive_u, positive_i):
+        super().eval_batch_collect(scores_tensor, interaction, positive_u, positive_i)
+        if self.register.need(NEED):
+            self._collect_images(scores_tensor, interaction, positive_u, positive_i)
+
+    def get_data_struct(self):
+        struct = super().get_data_struct()
+        for key in [k for k in self.data_struct._data_dict if k.startswith("gen.")]:
+            del self.data_struct[key]
+        return struct
+
+    def _samples(self, scores, interaction):
+        if SAMPLES in interaction:
+            mask = interaction[SAMPLE_MASK].cpu().bool() if SAMPLE_MASK in interaction else None
+            return interaction[SAMPLES].detach().float().cpu(), mask
+        catalogue = self.catalogue
+        n = self.config["eval_image_samples"]
+        top_scores, top_items = torch.topk(scores.detach().float().cpu(), min(n, scores.shape[1]), dim=1)
+        mask = torch.isfinite(top_scores) & (top_items > 0) & catalogue.has_image[top_items]
+        return catalogue.embeddings[top_items], mask
+
+    def _history(self, interaction):
+        seq_field = self.config["ITEM_ID_FIELD"] + self.config["LIST_SUFFIX"]
+        for field in (seq_field, HISTORY):
+            if field in interaction:
+                return interaction[field].cpu()
+        return None
+
+    def _future(self, interaction, batch):
+        if self.future_by_user is None:
+            return None
+        users = interaction[self.config["USER_ID_FIELD"]].cpu().tolist()
+        lists = [self.future_by_user.get(int(u), []) for u in users]
+        future = torch.zeros(batch, max([1] + [len(x) for x in lists]), dtype=torch.long)
+        for row, items in enumerate(lists):
+            future[row, :len(items)] = torch.tensor(items, dtype=torch.long)
+        return future
+
+    def _collect_images(self, scores, interaction, positive_u, positive_i):
+        catalogue, struct = self.catalogue, self.data_struct
+        batch = scores.shape[0]
+        target = torch.zeros(batch, dtype=torch.long)
+        target[positive_u.cpu()] = positive_i.cpu()  # one positive per row (sequential next item)
+        samples, mask = self._samples(scores, interaction)
+        uid = self.config["USER_ID_FIELD"]
+        values = image_metrics(samples, target, self._history(interaction), self._future(interaction, batch),
+                               catalogue.embeddings, index=catalogue.index, sample_mask=mask,
+                               user_ids=interaction[uid].cpu() if uid in interaction else None, judge=self.judge)
+        for key in PER_USER:
+            struct.update_tensor(f"gen.{key}", values[key])
+        keep = torch.ones(samples.shape[:2], dtype=torch.bool) if mask is None else mask
+        stats = FrechetStats.row(catalogue.fd_features(samples[keep]),
+                                 catalogue.fd_features(catalogue.embeddings[target[catalogue.has_image[target]]]))
+        struct.set("gen.fd_stats", stats if "gen.fd_stats" not in struct else struct["gen.fd_stats"] + stats)
+        struct.set("gen.num_catalogue_items", torch.tensor([catalogue.num_valid]))

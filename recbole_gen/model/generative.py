@@ -1,0 +1,148 @@
+"""What every generative recommender here shares: the generate -> evaluate contract and the public API.
+
+A :class:`GenerativeRecommender` is a RecBole ``SequentialRecommender`` whose answer is an image. Its one
+contract with the evaluation side is :meth:`GenerativeRecommender.generate_images`: a batch of users (RecBole's
+``item_id_list`` / ``item_length``, never the target item) in, :class:`Generation` out. The evaluator
+(recbole_gen/evaluator/) embeds the images, searches the catalogue, scores and collects metrics; the model
+imports nothing from it. :meth:`GenerativeRecommender.generate` is the user-facing API on top (by user token
+or explicit history, PNGs and a manifest), the same for every generator.
+"""
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from recbole.data.interaction import Interaction
+from recbole.model.abstract_recommender import SequentialRecommender
+from recbole.utils import InputType
+
+from recbole_gen.files import atomic_write, atomic_write_bytes
+
+
+class UnknownUserError(ValueError):
+    """A user token that the model's dataset does not hold."""
+
+
+class NotARankerError(NotImplementedError):
+    """A generator asked for catalogue scores it does not compute itself (the evaluator ranks its images)."""
+
+
+@dataclass
+class Generation:
+    """What a generator draws for ``U`` users: ``pixels [U, n, 3, S, S]`` in [0, 1]; ``plans [U, n]`` (the
+    planned item or code of each image, -1 without a plan); ``histories``: the item ids each user's images were
+    conditioned on (after ``history_len``); ``tokens`` (the generator's own representation, e.g. image tokens);
+    ``manifest``: one row per image once :meth:`GenerativeRecommender.generate` describes it."""
+
+    pixels: torch.Tensor
+    plans: torch.Tensor
+    histories: list
+    tokens: torch.Tensor = None
+    manifest: list = field(default_factory=list)
+
+
+class GenerativeRecommender(SequentialRecommender):
+    """Base class: subclasses implement :meth:`generate_images` (and may rank with :meth:`full_sort_predict`)."""
+
+    input_type = InputType.POINTWISE
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        if getattr(dataset, "image_store", None) is None:
+            raise ValueError(f"{type(self).__name__} draws item images: build its dataset with "
+                             f"recbole_gen.data.create_dataset(config, images=True) (run_recbole does)")
+        self.store = dataset.image_store
+        self._dataset = dataset
+
+    # ---------------------------------------------------------------- the contract
+    def generate_images(self, interaction, num_samples=None, seed=None, **generation):
+        """``num_samples`` images per row of ``interaction`` (reads ``item_id_list`` / ``item_length`` only)."""
+        raise NotImplementedError
+
+    def full_sort_predict(self, interaction):
+        raise NotARankerError(f"{type(self).__name__} ranks the catalogue by its generated images, which the "
+                              f"evaluator embeds and searches; it has no scores of its own")
+
+    def predict(self, interaction):
+        return self.full_sort_predict(interaction).gather(1, interaction[self.ITEM_ID].view(-1, 1)).squeeze(1)
+
+    def forward(self, item_seq, item_seq_len):
+        raise NotImplementedError(f"{type(self).__name__} has no user embedding; use calculate_loss or generate_images")
+
+    # ---------------------------------------------------------------- public API
+    def user_history(self, user):
+        """Internal item ids the model's dataset holds for ``user`` (external token or internal id), in time order."""
+        dataset = self._dataset
+        if isinstance(user, (int, np.integer)):
+            uid = int(user)
+        else:
+            known = dataset.field2token_id[dataset.uid_field]
+            if str(user) not in known:
+                examples = ", ".join(list(known)[1:6])
+                raise UnknownUserError(f"user '{user}' is not in dataset '{dataset.dataset_name}' (user tokens look like: {examples})")
+            uid = known[str(user)]
+        inter = dataset.inter_feat
+        users, items = inter[dataset.uid_field].numpy(), inter[dataset.iid_field].numpy()
+        mine = users == uid
+        order = np.argsort(inter[dataset.time_field].numpy()[mine], kind="stable") if dataset.time_field in inter.columns \
+            else np.arange(mine.sum())
+        return items[mine][order].tolist()
+
+    def history_batch(self, histories):
+        """Lists of internal item ids (oldest first; ``[]`` = no history) -> an ``Interaction`` as RecBole batches them."""
+        width = max([1] + [len(h) for h in histories])
+        seq = torch.zeros((len(histories), width), dtype=torch.long)
+        for i, h in enumerate(histories):
+            seq[i, :len(h)] = torch.as_tensor(h, dtype=torch.long)
+        return Interaction({self.ITEM_SEQ: seq, self.ITEM_SEQ_LEN: torch.tensor([len(h) for h in histories])})
+
+    @torch.no_grad()
+    def generate(self, users=None, histories=None, num_samples=None, seed=None, out_dir=None, **generation):
+        """Draw images for ``users`` (external tokens or internal ids: their history in this model's dataset) or
+        for explicit ``histories`` (lists of internal item ids, oldest first; ``[]`` = no history). ``generation``
+        overrides sampling settings. With ``out_dir``, writes ``<row>_<sample>.png`` and ``manifest.json``."""
+        if (users is None) == (histories is None):
+            raise ValueError("give exactly one of users= or histories=")
+        labels = list(users) if users is not None else [None] * len(histories)
+        if users is not None:
+            histories = [self.user_history(u) for u in users]
+        was_training = self.training
+        self.eval()
+        try:
+            result = self.generate_images(self.history_batch(histories).to(self.device), num_samples, seed, **generation)
+        finally:
+            self.train(was_training)
+        dataset, texts = self._dataset, self.store.item_texts()
+        for row, items in enumerate(result.histories):
+            items = [int(i) for i in items]
+            for sample in range(result.pixels.shape[1]):
+                plan = int(result.plans[row, sample])
+                result.manifest.append({
+                    "row": row, "user": None if labels[row] is None else str(labels[row]), "sample": sample,
+                    "history": items, "history_tokens": [str(t) for t in dataset.id2token(dataset.iid_field, items)] if items else [],
+                    "history_texts": [texts[i] for i in items], "plan": plan, **self.describe_generation(seed, generation),
+                })
+        result.pixels = result.pixels.cpu()
+        if out_dir is not None:
+            write_pngs(result, out_dir)
+        return result
+
+    def describe_generation(self, seed, overrides):
+        """The settings that made an image (for the manifest)."""
+        return {"seed": seed, **overrides}
+
+
+def write_pngs(result, out_dir):
+    """Write each image as ``<row>_<sample>.png`` and the manifest as ``manifest.json`` (atomically)."""
+    from PIL import Image
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for entry in result.manifest:
+        image = result.pixels[entry["row"], entry["sample"]].permute(1, 2, 0).mul(255).round().byte().numpy()
+        path = out / f"{entry['row']:04d}_{entry['sample']:02d}.png"
+        atomic_write(path, lambda f: Image.fromarray(image).save(f, format="PNG"))
+        entry["png"] = path.name
+    atomic_write_bytes(out / "manifest.json", json.dumps(result.manifest, indent=1).encode())
+    return out

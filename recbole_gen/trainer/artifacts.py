@@ -1,0 +1,198 @@
+"""Artifacts: what a generative model needs before it is trained or used, prepared once per catalogue and cached.
+
+:func:`prepare_artifacts` is one named step, called before the model is used by the quick start, the benchmark
+and ``load_data_and_model`` alike, with a progress bar and log lines; the model receives the results:
+
+1. **image tokenizer**: a real checkpoint's own, or (tiny model) a ``JanusVQVAE`` trained on the catalogue
+   (:mod:`recbole_gen.trainer.tokenizer`), cached under ``<cache_dir>/genlmm_vq/``;
+2. **catalogue image tokens** under that tokenizer, through the item image store's per-item cache;
+3. **semantic plan codes** (``plan: semantic``): k-means of the items' frozen code vectors;
+4. **catalogue pre-training** (``pretrain_steps``; :mod:`recbole_gen.trainer.pretrain`), cached under
+   ``<cache_dir>/genlmm_pretrain/``.
+
+A model restored from a checkpoint (``fresh=False``) already holds its tokenizer, codes and trained weights:
+only step 2 runs. Each cached artifact is ``<prefix>-<key>.pt`` (tensors) plus ``<prefix>-<key>.json`` (how it
+was built); the key is a digest of every setting that defines it and of the catalogue's image hashes. Both are
+written atomically under the dataset folder's lock; a file that cannot be read is named, ignored and rebuilt.
+"""
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+from transformers import JanusVQVAE
+
+from recbole_gen.config import Settings
+from recbole_gen.data.images import cache_dir, resize
+from recbole_gen.files import atomic_write, atomic_write_bytes, digest, folder_lock
+from recbole_gen.model import vq as vqlib
+from recbole_gen.model.generative import GenerativeRecommender
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ArtifactSettings(Settings):
+    """How the artifacts are built (keys and defaults in properties/model/GenLMM.yaml)."""
+
+    vq_train_steps: int
+    vq_batch_size: int
+    vq_lr: float
+    vq_seed: int
+    pretrain_steps: int
+    pretrain_batch_size: int
+    pretrain_learning_rate: float
+    pretrain_seed: int
+    pretrain_instruction: str
+    show_progress: bool
+
+    def check(self):
+        for key in ("vq_train_steps", "pretrain_steps"):
+            self.require(getattr(self, key) >= 0, key, ">= 0")
+        for key in ("vq_batch_size", "pretrain_batch_size"):
+            self.require(getattr(self, key) >= 1, key, ">= 1")
+
+
+class ArtifactCache:
+    """``load_or_build(prefix, key, build, what)`` over a folder of ``.pt`` + ``.json`` pairs."""
+
+    def __init__(self, folder, lock):
+        self.folder, self.lock = Path(folder), lock
+
+    def load_or_build(self, prefix, key, build, what):
+        """``(state_dict, info)`` of artifact ``key`` (``prefix`` may name a subfolder), from disk or from
+    ``build() -> (state_dict, info)`` now."""
+        weights, meta = self.folder / f"{prefix}-{key}.pt", self.folder / f"{prefix}-{key}.json"
+        if weights.is_file() and meta.is_file():
+            try:
+                return torch.load(weights, map_location="cpu", weights_only=True), json.loads(meta.read_text())
+            except Exception as error:  # a damaged artifact is rebuilt, never trusted
+                logger.warning(f"ignoring the unreadable cached file {weights} ({what}; {type(error).__name__}: "
+                               f"{str(error).splitlines()[0]}); rebuilding it")
+        logger.info(f"building {what} (cached as {weights})")
+        start = time.time()
+        state, info = build()
+        info = {"key": key, **info, "build_seconds": round(time.time() - start, 1)}
+        state = {k: v.detach().cpu() for k, v in state.items()}
+        with self.lock():
+            atomic_write(weights, lambda f: torch.save(state, f))
+            atomic_write_bytes(meta, json.dumps(info, indent=1, default=str).encode())
+        return state, info
+
+
+def prepare_artifacts(config, model, fresh=True):
+    """Give ``model`` (a generative recommender; others need nothing) its tokenizer, catalogue tokens, plan codes
+    and pre-training. ``fresh=False``: the model's weights come from a checkpoint; only the tokens are computed.
+    Returns what was prepared (also kept in ``model.artifact_info`` and so in the checkpoint)."""
+    if not isinstance(model, GenerativeRecommender):
+        return {}
+    settings = ArtifactSettings.from_config(config)
+    store, core = model.store, model.core
+    cache = ArtifactCache(cache_dir(config), lambda: folder_lock(store.folder))
+    catalogue = digest({"images": store.item_hashes, "size": store.image_size})
+    steps = ["tokenizer", "tokens"] + (["plan codes"] if core.settings.plan == "semantic" else []) + ["pre-training"]
+    info = {}
+    bar = tqdm(steps if fresh else ["tokens"], desc="artifacts", unit="step", disable=not settings.show_progress)
+    for step in bar:
+        bar.set_postfix_str(step)
+        if step == "tokenizer":
+            info["tokenizer"] = _tokenizer(cache, settings, core, store, catalogue)
+        elif step == "tokens":
+            info["tokens"] = _tokens(core, store)
+        elif step == "plan codes":
+            info["plan_codes"] = _plan_codes(core)
+        elif settings.pretrain_steps:
+            info["pretrain"] = _pretrain(cache, settings, core, info, catalogue)
+    if fresh:
+        model.artifact_info = info
+    return info
+
+
+def _tokenizer(cache, settings, core, store, catalogue):
+    if core.backbone.is_pretrained:
+        return {"source": str(core.settings.lmm_path)}
+    from recbole_gen.trainer.tokenizer import reconstruction_accuracy, train_vq
+
+    architecture = {key: getattr(core.settings, key) for key in vqlib.VQ_ARCHITECTURE}
+    training = {key: getattr(settings, key) for key in ("vq_train_steps", "vq_batch_size", "vq_lr", "vq_seed")}
+    items = torch.nonzero(store.has_image).flatten()
+
+    def build():
+        pixels = resize(store.pixels(items), core.settings.lmm_image_size)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(settings.vq_seed)
+            vq = JanusVQVAE(vqlib.build_vq_config(core.settings))
+        train_vq(vq, pixels, settings.vq_train_steps, settings.vq_batch_size, settings.vq_lr, settings.vq_seed)
+        accuracy = reconstruction_accuracy(vq, pixels)
+        logger.info(f"image tokenizer: reconstruction nearest-neighbour accuracy {accuracy:.3f}")
+        return vq.state_dict(), {"settings": {**architecture, **training}, "items": len(items), "nn_accuracy": accuracy}
+
+    key = digest({**architecture, **training, "catalogue": catalogue})
+    state, info = cache.load_or_build("genlmm_vq/vq", key, build, f"the image tokenizer on {len(items)} catalogue images")
+    core.vq.load_state_dict(state)
+    return info
+
+
+def _tokens(core, store):
+    """The catalogue's tokens through the store's per-item cache, keyed by the tokenizer's weights."""
+    weights = tensor_digest(core.vq.state_dict())
+    size = core.backbone.image_size
+
+    def compute(_, pixels):
+        return vqlib.encode(core.vq, resize(pixels, size)).numpy()
+
+    core.set_item_tokens(torch.as_tensor(store.cached("genlmm_vq_tokens", {"tokenizer": weights, "size": size}, compute)))
+    return {"tokenizer_digest": weights}
+
+
+def tensor_digest(state):
+    """A digest of a state dict's exact bytes (names, shapes, dtypes and values)."""
+    h = hashlib.blake2b(digest_size=8)
+    for name, tensor in sorted(state.items()):
+        h.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _plan_codes(core, iterations=25):
+    """k-means (cosine) of the items' frozen code vectors into ``plan_codes`` clusters, seeded by ``base_seed``."""
+    s = core.settings
+    with torch.no_grad():
+        vectors = core.vq.quantize.get_codebook_entry(core.tokens_of(torch.arange(1, core.item_num))).flatten(1).float()
+        vectors = torch.nn.functional.normalize(vectors, dim=1)
+        generator = torch.Generator().manual_seed(s.base_seed)
+        centres = vectors[torch.randperm(len(vectors), generator=generator)[:s.plan_codes]]
+        for _ in range(iterations):
+            assign = (vectors @ centres.T).argmax(1)
+            sums = torch.zeros_like(centres).index_add_(0, assign, vectors)
+            counts = torch.bincount(assign, minlength=len(centres))
+            empty = counts == 0
+            centres = torch.where(empty.unsqueeze(1), centres, torch.nn.functional.normalize(sums, dim=1))
+    core.set_plan_codes(torch.cat([torch.zeros(1, dtype=torch.long), assign]))
+    return {"codes": s.plan_codes, "used": int((counts > 0).sum())}
+
+
+def _pretrain(cache, settings, core, info, catalogue):
+    from recbole_gen.trainer.pretrain import pretrain
+
+    run = {key: getattr(settings, key) for key in ("pretrain_steps", "pretrain_batch_size", "pretrain_learning_rate",
+                                                   "pretrain_seed", "pretrain_instruction")}
+    unrelated = {"history_len", "truncate_history", "lmm_max_length", "cond_dropout", "instruction", "gradient_checkpointing",
+                 "plan_loss_weight", "plan_temperature", "num_samples", "guidance_scale", "temperature", "top_k", "top_p",
+                 "use_kv_cache", "generation_seed", "generation_batch_size"}
+    model = {k: v for k, v in core.settings.as_dict().items() if k not in unrelated}
+    key = digest({"run": run, "model": model, "tokenizer": info.get("tokens"), "catalogue": catalogue,
+                  "codes": core.plan_code.tolist() if core.settings.plan == "semantic" else None})
+
+    def build():
+        result = pretrain(core, settings.pretrain_steps, settings.pretrain_batch_size, settings.pretrain_learning_rate,
+                          settings.pretrain_seed, settings.pretrain_instruction)
+        return core.saved_state_dict(), {"settings": run, "items": core.item_num - 1, **result}
+
+    state, result = cache.load_or_build("genlmm_pretrain/pretrain", key, build, f"the catalogue pre-training ({settings.pretrain_steps} steps)")
+    core.load_state_dict(state, strict=False)
+    return result
