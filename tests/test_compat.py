@@ -1,10 +1,14 @@
 """Each compat patch: the RecBole code path it fixes works with the patch and fails without it.
 
-"Without" runs in a fresh interpreter that applies every patch but one, so the test proves the
-patch is what makes the path work on this numpy/pandas/torch/scipy."""
+"Without" applies every patch but one, so the test proves the patch is what makes the path work on
+this numpy/pandas/torch/scipy: a fresh interpreter leaves that patch out or, for a patch that
+replaces several RecBole methods (pandas_cow), puts back the original of the one method a scenario
+is about, for that scenario only."""
+import json
 import subprocess
 import sys
 import textwrap
+from collections import namedtuple
 from pathlib import Path
 
 import numpy as np
@@ -15,21 +19,126 @@ from tiny_data import write_tiny_dataset
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 
+Scenario = namedtuple("Scenario", "patch replaces fails_with code")
+
 SCENARIOS = {
-    "numpy_aliases": """
+    # replaces: the RecBole method the patch replaces (``Class.method``), for patches with several
+    # paths; fails_with: what the run without the patch (or without that method's patch) fails with
+    "numpy_aliases": Scenario("numpy_aliases", None, "np.float_", """
         from recbole_gen.config import Config
         Config(model="BPR", dataset="ml-100k")
-    """,
-    "pandas_cow": """
-        from recbole_gen.config import Config
-        from recbole_gen.data import create_dataset
+    """),
+    "pandas_cow/load_feat": Scenario("pandas_cow", "Dataset._load_feat", "has no attribute 'split'", """
+        from recbole.config import Config
+        from recbole.data.dataset import Dataset
         from tiny_data import write_tiny_dataset
         path = write_tiny_dataset(WORKDIR)
-        config = Config(model="BPR", dataset="tiny", config_dict={"data_path": str(path), "load_col": None})
-        dataset = create_dataset(config)
-        assert dataset.item_feat["price"].isnull().sum() == 0, "float NaN not filled"
-    """,
-    "scipy_dok": """
+        dataset = Dataset(Config(model="BPR", dataset="tiny", config_dict={"data_path": str(path), "load_col": None}))
+        items = dataset.item_feat.set_index(dataset.id2token("item_id", dataset.item_feat["item_id"]))
+        # every 5th item has an empty tags cell, every 7th an empty vec cell
+        ids = [f"i{i}" for i in range(1, 31)]
+        assert [len(items.loc[i, "tags"]) for i in ids] == [0 if i % 5 == 0 else 2 for i in range(1, 31)]
+        assert [len(items.loc[i, "vec"]) for i in ids] == [0 if i % 7 == 0 else 2 for i in range(1, 31)]
+    """),
+    "pandas_cow/fill_nan": Scenario("pandas_cow", "Dataset._fill_nan", "NaN left", """
+        from recbole.config import Config
+        from recbole.data.dataset import Dataset
+        path = write_items(WORKDIR, "fill", "brand:token\\tprice:float",
+                           {"i1": "b1\\t1.0", "i2": "b2\\t2.0", "i3": "b1\\t", "i4": "b2\\t6.0"})
+        dataset = Dataset(Config(model="BPR", dataset="fill", config_dict={"data_path": path, "load_col": None}))
+        items = dataset.item_feat.set_index(dataset.id2token("item_id", dataset.item_feat["item_id"]))
+        assert not items.isnull().any().any(), f"NaN left in item_feat:\\n{items}"
+        assert items.loc["i3", "price"] == 3.0 and items.loc["[PAD]", "brand"] == 0  # the mean; [PAD]
+    """),
+    "pandas_cow/remap": Scenario("pandas_cow", "Dataset._remap", "Length of values", """
+        from recbole.config import Config
+        from recbole.data.dataset import Dataset
+        tags = {"i1": "t1 t2", "i2": "t2", "i3": "t3 t1 t2", "i4": "t4"}
+        path = write_items(WORKDIR, "remap", "tags:token_seq", tags)
+        dataset = Dataset(Config(model="BPR", dataset="remap", config_dict={"data_path": path, "load_col": None}))
+        for iid, ids in zip(dataset.item_feat["item_id"][1:], dataset.item_feat["tags"][1:]):
+            assert " ".join(dataset.id2token("tags", ids)) == tags[dataset.id2token("item_id", iid)]
+    """),
+    "pandas_cow/normalize": Scenario("pandas_cow", "Dataset._normalize", "Length of values", """
+        import numpy as np
+        from recbole.config import Config
+        from recbole.data.dataset import Dataset
+        vecs = {"i1": [1.0, 3.0], "i2": [5.0], "i3": [2.0, 9.0, 4.0], "i4": [7.0]}
+        path = write_items(WORKDIR, "norm", "vec:float_seq", {i: " ".join(map(str, v)) for i, v in vecs.items()})
+        config = {"data_path": path, "load_col": None, "normalize_field": ["vec"]}
+        dataset = Dataset(Config(model="BPR", dataset="norm", config_dict=config))
+        for iid, vec in zip(dataset.item_feat["item_id"][1:], dataset.item_feat["vec"][1:]):
+            assert np.allclose(vec, (np.array(vecs[dataset.id2token("item_id", iid)]) - 1.0) / 8.0), vec
+    """),
+    "pandas_cow/discretization": Scenario("pandas_cow", "Dataset._discretization", "Length of values", """
+        # a numerical float_seq field, discretized (line 792)
+        import numpy as np
+        from recbole.config import Config
+        from recbole.data.dataset import Dataset
+        vecs = {"i1": [1.0, 3.0], "i2": [5.0], "i3": [2.0, 9.0, 4.0], "i4": [7.0]}
+        path = write_items(WORKDIR, "disc", "vec:float_seq", {i: " ".join(map(str, v)) for i, v in vecs.items()})
+        config = {"data_path": path, "load_col": None, "numerical_features": ["vec"],
+                  "discretization": {"vec": {"method": "ED", "bucket": 4}}}
+        dataset = Dataset(Config(model="BPR", dataset="disc", config_dict=config))
+        for iid, (ones, buckets) in zip(dataset.item_feat["item_id"][1:], dataset.item_feat["vec"][1:]):
+            vec = np.array(vecs[dataset.id2token("item_id", iid)])
+            assert list(ones) == [1] * len(vec)
+            assert list(buckets) == list(np.floor((vec - 1.0) * 4 / (8.0 + 1e-9) + 1))  # buckets 1..4
+    """),
+    "pandas_cow/numerical": Scenario("pandas_cow", "Dataset._discretization", "Length of values", """
+        # a numerical float_seq field, not discretized (line 809)
+        from recbole.config import Config
+        from recbole.data.dataset import Dataset
+        vecs = {"i1": [1.0, 3.0], "i2": [5.0], "i3": [2.0, 9.0, 4.0], "i4": [7.0]}
+        path = write_items(WORKDIR, "num", "vec:float_seq", {i: " ".join(map(str, v)) for i, v in vecs.items()})
+        config = {"data_path": path, "load_col": None, "numerical_features": ["vec"]}
+        dataset = Dataset(Config(model="BPR", dataset="num", config_dict=config))
+        for iid, (values, ones) in zip(dataset.item_feat["item_id"][1:], dataset.item_feat["vec"][1:]):
+            assert list(values) == vecs[dataset.id2token("item_id", iid)] and list(ones) == [1] * len(values)
+    """),
+    "pandas_cow/benchmark_presets": Scenario("pandas_cow", "SequentialDataset._benchmark_presets", "item_length", """
+        # pre-split train/valid/test files (benchmark_filename)
+        from recbole.config import Config
+        from recbole.data.dataset import SequentialDataset
+        splits = {
+            "train": [("u1", "i1 i2", "i3"), ("u1", "i1 i2 i3", "i4"), ("u2", "i2", "i5"),
+                      ("u3", "i1 i4 i5 i2", "i3")],
+            "valid": [("u1", "i1 i2 i3 i4", "i5"), ("u2", "i2 i5", "i1")],
+            "test": [("u1", "i1 i2 i3 i4 i5", "i2"), ("u2", "i2 i5 i1", "i4"), ("u3", "i1 i4 i5 i2 i3", "i1")],
+        }
+        path = write_atomic(WORKDIR, "presplit", {
+            f"{split}.inter": ["user_id:token\\titem_id_list:token_seq\\titem_id:token"]
+                              + ["\\t".join(row) for row in rows]
+            for split, rows in splits.items()
+        })
+        config = Config(model="SASRec", dataset="presplit", config_dict={
+            "data_path": path, "benchmark_filename": list(splits), "alias_of_item_id": ["item_id_list"],
+            "load_col": {"inter": ["user_id", "item_id_list", "item_id"]}, "train_neg_sample_args": None,
+        })
+        for split, data in zip(splits, SequentialDataset(config).build()):
+            lengths = [len(history.split()) for _, history, _ in splits[split]]
+            item_length = data.inter_feat["item_length"].tolist()
+            assert item_length == lengths, f"{split} item_length {item_length}, real lengths {lengths}"
+            assert (data.inter_feat["item_id_list"] != 0).sum(dim=1).tolist() == lengths
+    """),
+    "pandas_cow/reset_ent_remapID": Scenario(
+        "pandas_cow", "KnowledgeBasedDataset._reset_ent_remapID", "Length of values", """
+        # a token_seq field in alias_of_item_id of a knowledge-graph dataset
+        from recbole.config import Config
+        from recbole.data.dataset import KnowledgeBasedDataset
+        similar = {f"i{i}": " ".join(f"i{(i + j) % 8 + 1}" for j in range(1 + i % 3)) for i in range(1, 9)}
+        write_items(WORKDIR, "kg", "similar:token_seq", similar)
+        path = write_atomic(WORKDIR, "kg", {
+            "kg": ["head_id:token\\trelation_id:token\\ttail_id:token"]
+                  + [f"e{i}\\tr{i % 2}\\te{i * 5 % 10 + 1}" for i in range(1, 11)],
+            "link": ["item_id:token\\tentity_id:token"] + [f"i{i}\\te{i}" for i in range(1, 9)],
+        })
+        config = {"data_path": path, "load_col": None, "alias_of_item_id": ["similar"]}
+        dataset = KnowledgeBasedDataset(Config(model="KGCN", dataset="kg", config_dict=config))
+        for iid, ids in zip(dataset.item_feat["item_id"][1:], dataset.item_feat["similar"][1:]):
+            assert " ".join(dataset.id2token("item_id", ids)) == similar[dataset.id2token("item_id", iid)]
+    """),
+    "scipy_dok": Scenario("scipy_dok", None, "_update", """
         from recbole.data import data_preparation
         from recbole_gen.config import Config
         from recbole_gen.data import create_dataset
@@ -39,8 +148,8 @@ SCENARIOS = {
         config = Config(model="LightGCN", dataset="tiny", config_dict={"data_path": str(path)})
         train, _, _ = data_preparation(config, create_dataset(config))
         get_model("LightGCN")(config, train.dataset)
-    """,
-    "torch_load": """
+    """),
+    "torch_load": Scenario("torch_load", None, "weights_only", """
         from recbole.data import data_preparation
         from recbole_gen.config import Config
         from recbole_gen.data import create_dataset
@@ -52,39 +161,124 @@ SCENARIOS = {
         trainer = get_trainer(config["MODEL_TYPE"], "BPR")(config, get_model("BPR")(config, train.dataset))
         trainer._save_checkpoint(0)
         trainer.resume_checkpoint(trainer.saved_model_file)
-    """,
+    """),
 }
+PATCHES = ("numpy_aliases", "pandas_cow", "scipy_dok", "torch_load")
 
 PREAMBLE = """
-import sys, types, pathlib
+import json, sys, traceback, types, pathlib
 sys.path.insert(0, {tests!r})
-WORKDIR = pathlib.Path({workdir!r})
 # import recbole_gen.compat without running recbole_gen/__init__.py (which applies every patch)
 package = types.ModuleType("recbole_gen"); package.__path__ = [{package!r}]
 sys.modules["recbole_gen"] = package
 import recbole_gen.compat as compat
+import recbole.data.dataset as recbole_datasets
+unpatched = {{method: getattr(recbole_datasets, method.split(".")[0]).__dict__[method.split(".")[1]]
+             for method in {methods!r}}}
 for name in {patches!r}:
     getattr(compat, "patch_" + {{"numpy_aliases": "numpy_aliases", "pandas_cow": "pandas_copy_on_write",
         "scipy_dok": "scipy_dok_update", "torch_load": "torch_load"}}[name])()
 compat._applied = True
 """
 
+RUNNER = """
+def write_atomic(parent, dataset, files):
+    # {suffix: lines} as parent/dataset/dataset.suffix; returns parent, RecBole's data_path
+    folder = parent / dataset
+    folder.mkdir(parents=True, exist_ok=True)
+    for suffix, lines in files.items():
+        (folder / f"{dataset}.{suffix}").write_text("\\n".join(lines) + "\\n")
+    return str(parent)
 
-def run_scenario(scenario, patches, workdir):
+
+def write_items(parent, dataset, fields, items):
+    # items ({item: its cells}) with their fields (the header after item_id), each seen by three users
+    return write_atomic(parent, dataset, {
+        "inter": ["user_id:token\titem_id:token"] + [f"u{u}\t{item}" for u in range(1, 4) for item in items],
+        "item": [f"item_id:token\t{fields}"] + [f"{item}\t{cells}" for item, cells in items.items()],
+    })
+
+
+run = pathlib.Path.cwd()
+outcomes = {}
+for key, (code, method) in json.loads((run / "jobs.json").read_text()).items():
+    workdir = run / f"job{len(outcomes)}"
+    workdir.mkdir()
+    if method:  # the RecBole method as it was before patching, for this scenario only
+        cls, name = getattr(recbole_datasets, method.split(".")[0]), method.split(".")[1]
+        patched = cls.__dict__[name]
+        setattr(cls, name, unpatched[method])
+    try:
+        exec(code, {"WORKDIR": workdir, "write_atomic": write_atomic, "write_items": write_items})
+        outcomes[key] = "ok"
+    except BaseException:
+        outcomes[key] = traceback.format_exc()
+    finally:
+        if method:
+            setattr(cls, name, patched)
+(run / "outcomes.json").write_text(json.dumps(outcomes))
+"""
+
+
+def run_scenarios(jobs, patches, workdir):
+    """Run ``jobs`` ({key: (scenario, RecBole method to run unpatched or None)}) one after the other
+    in one fresh interpreter that applies ``patches``; return each one's outcome: "ok" or its traceback."""
     workdir.mkdir(parents=True, exist_ok=True)
-    script = PREAMBLE.format(tests=str(TESTS), workdir=str(workdir), package=str(REPO / "recbole_gen"),
-                             patches=list(patches))
-    script += textwrap.dedent(SCENARIOS[scenario])
-    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=workdir, timeout=300)
+    (workdir / "jobs.json").write_text(json.dumps(
+        {key: (textwrap.dedent(SCENARIOS[name].code), method) for key, (name, method) in jobs.items()}))
+    methods = sorted({method for _, method in jobs.values() if method})
+    script = PREAMBLE.format(tests=str(TESTS), package=str(REPO / "recbole_gen"), patches=list(patches),
+                             methods=methods) + RUNNER
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=workdir, timeout=600)
+    assert (workdir / "outcomes.json").is_file(), result.stderr[-3000:]
+    return json.loads((workdir / "outcomes.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def outcomes(tmp_path_factory):
+    """``outcomes(patches)``, each set of patches run once (an interpreter costs seconds of imports,
+    a scenario a fraction of one). With every patch: each scenario, and each scenario whose patch
+    replaces a method once more with that method unpatched. With all patches but one: the other
+    scenarios of the one left out."""
+    runs = {}
+
+    def get(patches):
+        patches = tuple(patches)
+        if patches not in runs:
+            if patches == PATCHES:
+                jobs = {name: (name, None) for name in SCENARIOS}
+                jobs.update({f"{name} without": (name, s.replaces) for name, s in SCENARIOS.items() if s.replaces})
+            else:
+                jobs = {f"{name} without": (name, None) for name, s in SCENARIOS.items()
+                        if s.patch not in patches and not s.replaces}
+            runs[patches] = run_scenarios(jobs, patches, tmp_path_factory.mktemp("scenarios"))
+        return runs[patches]
+
+    return get
 
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
-def test_patch_is_needed_and_sufficient(scenario, tmp_path):
-    others = [name for name in SCENARIOS if name != scenario]
-    with_patch = run_scenario(scenario, [*others, scenario], tmp_path / "with")
-    assert with_patch.returncode == 0, with_patch.stderr[-3000:]
-    without = run_scenario(scenario, others, tmp_path / "without")
-    assert without.returncode != 0, f"{scenario} works without its patch: the patch is dead code"
+def test_patch_is_needed_and_sufficient(scenario, outcomes):
+    patch, replaces, fails_with, _ = SCENARIOS[scenario]
+    with_patch = outcomes(PATCHES)[scenario]
+    assert with_patch == "ok", with_patch[-3000:]
+    left_out = f"{patch} for {replaces}" if replaces else patch
+    without = outcomes(PATCHES if replaces else [name for name in PATCHES if name != patch])[f"{scenario} without"]
+    assert without != "ok", f"{scenario} works without {left_out}: the patch is dead code"
+    assert fails_with in without, f"{scenario} fails without {left_out}, not with {fails_with!r}:\n{without[-3000:]}"
+
+
+def test_pandas_patch_is_idempotent():
+    from recbole.data.dataset import Dataset
+
+    from recbole_gen.compat.pandas_cow import PATCHED_METHODS, patch_pandas_copy_on_write
+
+    def methods():
+        return [getattr(cls, name) for cls, name, _ in PATCHED_METHODS] + [Dataset._fill_nan]
+
+    before = methods()
+    patch_pandas_copy_on_write()
+    assert methods() == before  # nothing wrapped twice
 
 
 def test_numpy_aliases_restored():

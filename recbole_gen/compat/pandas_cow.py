@@ -1,15 +1,25 @@
-"""pandas 3 (copy-on-write) changed two idioms that ``recbole/data/dataset/dataset.py`` relies on.
+"""pandas 3 changed two idioms that RecBole 1.2.1's dataset classes rely on.
 
-1. ``df[field].fillna(..., inplace=True)`` now fills a temporary copy and leaves ``df`` as it was:
+1. Copy-on-write: ``df[field].fillna(..., inplace=True)`` now fills a temporary copy and leaves
+   ``df`` as it was:
    - ``Dataset._load_feat`` line 501 leaves NaN in empty ``token_seq``/``float_seq`` cells, and
      the next line's ``.split`` fails on a float. Patched by filling those columns right after
      ``pd.read_csv`` returns, inside ``_load_feat``.
    - ``Dataset._fill_nan`` lines 648/650 leave NaN in token and float columns. Re-implemented
      with assignment (and ``np.float64`` for the removed ``np.float``).
-2. ``Series.agg(len)`` now returns the length of the Series instead of each cell's length, so
-   ``token_seq``/``float_seq`` fields break in ``Dataset._remap`` (line 1217), ``_normalize``
-   (line 712) and ``_discretization`` (lines 792, 809). Patched by restoring the element-wise
-   meaning of ``agg(len)`` while those methods run.
+2. ``Series.agg(len)`` now returns the length of the Series; pandas 2 still computed it cell by
+   cell (with a FutureWarning pointing to ``transform``), and that is what RecBole means. Patched
+   by restoring the per-cell meaning of ``agg(len)`` while these methods run:
+   - ``dataset.py`` ``Dataset._remap`` (line 1217), ``_normalize`` (712) and ``_discretization``
+     (792, 809): ``token_seq``/``float_seq`` fields fail with a length mismatch;
+   - ``sequential_dataset.py`` ``SequentialDataset._benchmark_presets`` (line 165): with
+     ``benchmark_filename`` every pre-split sequence silently gets the number of rows as its
+     ``item_length``;
+   - ``kg_dataset.py`` ``KnowledgeBasedDataset._reset_ent_remapID`` (line 316): a ``token_seq``
+     field in ``alias_of_item_id`` or ``alias_of_entity_id`` fails with a length mismatch.
+
+``Series.agg(np.concatenate)``, used next to ``agg(len)``, means the same on both: pandas 2 fell
+back to calling it on the whole Series, which pandas 3 does directly.
 """
 import contextlib
 import functools
@@ -19,18 +29,31 @@ import numpy as np
 import pandas as pd
 
 from recbole.data.dataset import dataset as recbole_dataset
+from recbole.data.dataset import kg_dataset, sequential_dataset
 from recbole.utils import FeatureType
 
 
 @contextlib.contextmanager
-def _pandas2_semantics():
-    """Within RecBole's dataset code only: ``agg(len)`` per cell, empty seq cells read as ''."""
-    original_agg, original_read_csv = pd.Series.agg, pd.read_csv
+def _len_per_cell():
+    """``Series.agg(len)`` as pandas 2 computed it: one length per cell."""
+    original_agg = pd.Series.agg
 
     def agg(self, func=None, *args, **kwargs):
         if func is len:
             return self.map(len)
         return original_agg(self, func, *args, **kwargs)
+
+    pd.Series.agg = agg
+    try:
+        yield
+    finally:
+        pd.Series.agg = original_agg
+
+
+@contextlib.contextmanager
+def _empty_seq_cells_read_as_empty_strings():
+    """What ``_load_feat``'s ``fillna("", inplace=True)`` did before copy-on-write."""
+    original_read_csv = pd.read_csv
 
     def read_csv(*args, **kwargs):
         df = original_read_csv(*args, **kwargs)
@@ -39,19 +62,31 @@ def _pandas2_semantics():
                 df[column] = df[column].fillna("")
         return df
 
-    pd.Series.agg, pd.read_csv = agg, read_csv
+    pd.read_csv = read_csv
     try:
         with warnings.catch_warnings():  # line 501's no-op fillna warns; its work is done above
             warnings.simplefilter("ignore", pd.errors.ChainedAssignmentError)
             yield
     finally:
-        pd.Series.agg, pd.read_csv = original_agg, original_read_csv
+        pd.read_csv = original_read_csv
 
 
-def _with_pandas2_semantics(method):
+PATCHED_METHODS = (
+    (recbole_dataset.Dataset, "_load_feat", _empty_seq_cells_read_as_empty_strings),
+    (recbole_dataset.Dataset, "_remap", _len_per_cell),
+    (recbole_dataset.Dataset, "_normalize", _len_per_cell),
+    (recbole_dataset.Dataset, "_discretization", _len_per_cell),
+    (sequential_dataset.SequentialDataset, "_benchmark_presets", _len_per_cell),
+    (kg_dataset.KnowledgeBasedDataset, "_reset_ent_remapID", _len_per_cell),
+)
+
+
+def _run_within(context, method):
+    """``method`` run inside ``context()``; marked, so that patching again does not wrap it twice."""
+
     @functools.wraps(method)
     def wrapper(*args, **kwargs):
-        with _pandas2_semantics():
+        with context():
             return method(*args, **kwargs)
 
     wrapper.__recbole_gen_patched__ = True
@@ -78,9 +113,8 @@ def _fill_nan(self):
 def patch_pandas_copy_on_write():
     if int(pd.__version__.split(".")[0]) < 3:
         return
-    cls = recbole_dataset.Dataset
-    for name in ("_load_feat", "_remap", "_normalize", "_discretization"):
+    for cls, name, context in PATCHED_METHODS:
         method = getattr(cls, name)
         if not getattr(method, "__recbole_gen_patched__", False):
-            setattr(cls, name, _with_pandas2_semantics(method))
-    cls._fill_nan = _fill_nan
+            setattr(cls, name, _run_within(context, method))
+    recbole_dataset.Dataset._fill_nan = _fill_nan
