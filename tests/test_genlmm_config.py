@@ -7,12 +7,12 @@ import yaml
 from recbole_gen.cli import parse_overrides
 from recbole_gen.config import Config, ConfigError
 from recbole_gen.model.genlmm_config import GenLMMSettings
-from recbole_gen.trainer.artifacts import ArtifactSettings
+from recbole_gen.trainer.artifacts import PretrainSettings, TokenizerTraining
 from recbole_gen.trainer.genlmm import SFTSettings
 from recbole_gen.trainer.rl import RLSettings
 from recbole_gen.utils import properties_dir
 
-SETTINGS = (GenLMMSettings, SFTSettings, ArtifactSettings, RLSettings)
+SETTINGS = (GenLMMSettings, SFTSettings, TokenizerTraining, PretrainSettings, RLSettings)
 CHOSEN = {"history_len": 3, "rl_group_size": 8, "plan": "item", "learning_rate": 0.0005, "content_fields": ["subgroup"]}
 ARGS = ["--history_len=3", "--rl_group_size=8", "--plan=item", "--learning_rate=5e-4", "--content_fields=['subgroup']"]
 
@@ -28,7 +28,7 @@ def test_a_dict_run_recbole_arguments_and_a_yaml_file_give_the_same_settings(tmp
     from_file = _settings(Config(model="GenLMM", dataset="emoji-seq", config_file_list=[str(tmp_path / "chosen.yaml")]))
     for a, b, c in zip(from_dict, from_args, from_file):
         assert a.as_dict() == b.as_dict() == c.as_dict(), type(a).__name__
-    genlmm, sft, _, rl = from_dict
+    genlmm, sft, _, _, rl = from_dict
     assert genlmm.history_len == 3 and genlmm.plan == "item" and rl.rl_group_size == 8
     assert genlmm.content_fields == ["subgroup"]
 

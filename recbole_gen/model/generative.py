@@ -55,6 +55,19 @@ class GenerativeRecommender(SequentialRecommender):
         self.store = dataset.image_store
         self._dataset = dataset
 
+    # ---------------------------------------------------------------- artifacts, handed in before use
+    # A generator that draws through an image tokenizer (a JanusVQVAE) exposes it here; the artifact step
+    # (recbole_gen/trainer/artifacts.py) trains it on the catalogue when it is not pretrained (its architecture:
+    # the VQ keys of ``tokenizer_settings``), then gives the model every item's tokens.
+    image_tokenizer = None
+    tokenizer_pretrained = False
+    tokenizer_image_size = None
+    tokenizer_settings = None
+
+    def set_item_tokens(self, tokens):
+        """The catalogue's image tokens ``[item_num, tokens per image]`` under ``image_tokenizer``."""
+        raise NotImplementedError
+
     # ---------------------------------------------------------------- the contract
     def generate_images(self, interaction, num_samples=None, seed=None, **generation):
         """``num_samples`` images per row of ``interaction`` (reads ``item_id_list`` / ``item_length`` only)."""

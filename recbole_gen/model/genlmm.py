@@ -28,6 +28,15 @@ class GenLMM(GenerativeRecommender):
             self.core.add_rl_adapter(seed=config["rl_seed"])
         self.artifact_info = {}
 
+    # the artifact step's view of the tokenizer
+    image_tokenizer = property(lambda self: self.core.vq)
+    tokenizer_pretrained = property(lambda self: self.core.backbone.is_pretrained)
+    tokenizer_image_size = property(lambda self: self.core.backbone.image_size)
+    tokenizer_settings = property(lambda self: self.settings)
+
+    def set_item_tokens(self, tokens):
+        self.core.set_item_tokens(tokens)
+
     def _content_ids(self, field):
         values = self.store.item_column(field)
         vocabulary = sorted({v for v in values[1:] if v})

@@ -31,30 +31,39 @@ from recbole_gen.data.images import cache_dir, resize
 from recbole_gen.files import atomic_write, atomic_write_bytes, digest, folder_lock
 from recbole_gen.model import vq as vqlib
 from recbole_gen.model.generative import GenerativeRecommender
+from recbole_gen.model.genlmm import GenLMM
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class ArtifactSettings(Settings):
-    """How the artifacts are built (keys and defaults in properties/model/GenLMM.yaml)."""
+class TokenizerTraining(Settings):
+    """How a catalogue-trained image tokenizer is trained (keys and defaults in the model's yaml)."""
 
     vq_train_steps: int
     vq_batch_size: int
     vq_lr: float
     vq_seed: int
+    show_progress: bool
+
+    def check(self):
+        self.require(self.vq_train_steps >= 0, "vq_train_steps", ">= 0")
+        self.require(self.vq_batch_size >= 1, "vq_batch_size", ">= 1")
+
+
+@dataclass(frozen=True)
+class PretrainSettings(Settings):
+    """GenLMM's catalogue pre-training (keys and defaults in properties/model/GenLMM.yaml)."""
+
     pretrain_steps: int
     pretrain_batch_size: int
     pretrain_learning_rate: float
     pretrain_seed: int
     pretrain_instruction: str
-    show_progress: bool
 
     def check(self):
-        for key in ("vq_train_steps", "pretrain_steps"):
-            self.require(getattr(self, key) >= 0, key, ">= 0")
-        for key in ("vq_batch_size", "pretrain_batch_size"):
-            self.require(getattr(self, key) >= 1, key, ">= 1")
+        self.require(self.pretrain_steps >= 0, "pretrain_steps", ">= 0")
+        self.require(self.pretrain_batch_size >= 1, "pretrain_batch_size", ">= 1")
 
 
 class ArtifactCache:
@@ -88,44 +97,50 @@ def prepare_artifacts(config, model, fresh=True):
     """Give ``model`` (a generative recommender; others need nothing) its tokenizer, catalogue tokens, plan codes
     and pre-training. ``fresh=False``: the model's weights come from a checkpoint; only the tokens are computed.
     Returns what was prepared (also kept in ``model.artifact_info`` and so in the checkpoint)."""
-    if not isinstance(model, GenerativeRecommender):
+    if not isinstance(model, GenerativeRecommender) or model.image_tokenizer is None:
         return {}
-    settings = ArtifactSettings.from_config(config)
-    store, core = model.store, model.core
+    settings = TokenizerTraining.from_config(config)
+    store = model.store
     cache = ArtifactCache(cache_dir(config), lambda: folder_lock(store.folder))
     catalogue = digest({"images": store.item_hashes, "size": store.image_size})
-    steps = ["tokenizer", "tokens"] + (["plan codes"] if core.settings.plan == "semantic" else []) + ["pre-training"]
+    genlmm = isinstance(model, GenLMM)
+    steps = ["tokenizer", "tokens"]
+    if genlmm:
+        steps += (["plan codes"] if model.settings.plan == "semantic" else []) + ["pre-training"]
     info = {}
     bar = tqdm(steps if fresh else ["tokens"], desc="artifacts", unit="step", disable=not settings.show_progress)
     for step in bar:
         bar.set_postfix_str(step)
         if step == "tokenizer":
-            info["tokenizer"] = _tokenizer(cache, settings, core, store, catalogue)
+            info["tokenizer"] = _tokenizer(cache, settings, model, catalogue)
         elif step == "tokens":
-            info["tokens"] = _tokens(core, store)
+            info["tokens"] = _tokens(model)
         elif step == "plan codes":
-            info["plan_codes"] = _plan_codes(core)
-        elif settings.pretrain_steps:
-            info["pretrain"] = _pretrain(cache, settings, core, info, catalogue)
+            info["plan_codes"] = _plan_codes(model.core)
+        else:
+            pretraining = PretrainSettings.from_config(config)
+            if pretraining.pretrain_steps:
+                info["pretrain"] = _pretrain(cache, pretraining, model.core, info, catalogue)
     if fresh:
         model.artifact_info = info
     return info
 
 
-def _tokenizer(cache, settings, core, store, catalogue):
-    if core.backbone.is_pretrained:
-        return {"source": str(core.settings.lmm_path)}
+def _tokenizer(cache, settings, model, catalogue):
+    if model.tokenizer_pretrained:
+        return {"source": "the pretrained checkpoint"}
     from recbole_gen.trainer.tokenizer import reconstruction_accuracy, train_vq
 
-    architecture = {key: getattr(core.settings, key) for key in vqlib.VQ_ARCHITECTURE}
+    store, vq_settings = model.store, model.tokenizer_settings
+    architecture = {key: getattr(vq_settings, key) for key in vqlib.VQ_ARCHITECTURE}
     training = {key: getattr(settings, key) for key in ("vq_train_steps", "vq_batch_size", "vq_lr", "vq_seed")}
     items = torch.nonzero(store.has_image).flatten()
 
     def build():
-        pixels = resize(store.pixels(items), core.settings.lmm_image_size)
+        pixels = resize(store.pixels(items), vq_settings.lmm_image_size)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(settings.vq_seed)
-            vq = JanusVQVAE(vqlib.build_vq_config(core.settings))
+            vq = JanusVQVAE(vqlib.build_vq_config(vq_settings))
         train_vq(vq, pixels, settings.vq_train_steps, settings.vq_batch_size, settings.vq_lr, settings.vq_seed)
         accuracy = reconstruction_accuracy(vq, pixels)
         logger.info(f"image tokenizer: reconstruction nearest-neighbour accuracy {accuracy:.3f}")
@@ -133,19 +148,19 @@ def _tokenizer(cache, settings, core, store, catalogue):
 
     key = digest({**architecture, **training, "catalogue": catalogue})
     state, info = cache.load_or_build("genlmm_vq/vq", key, build, f"the image tokenizer on {len(items)} catalogue images")
-    core.vq.load_state_dict(state)
+    model.image_tokenizer.load_state_dict(state)
     return info
 
 
-def _tokens(core, store):
+def _tokens(model):
     """The catalogue's tokens through the store's per-item cache, keyed by the tokenizer's weights."""
-    weights = tensor_digest(core.vq.state_dict())
-    size = core.backbone.image_size
+    vq, size = model.image_tokenizer, model.tokenizer_image_size
+    weights = tensor_digest(vq.state_dict())
 
     def compute(_, pixels):
-        return vqlib.encode(core.vq, resize(pixels, size)).numpy()
+        return vqlib.encode(vq, resize(pixels, size)).numpy()
 
-    core.set_item_tokens(torch.as_tensor(store.cached("genlmm_vq_tokens", {"tokenizer": weights, "size": size}, compute)))
+    model.set_item_tokens(torch.as_tensor(model.store.cached("genlmm_vq_tokens", {"tokenizer": weights, "size": size}, compute)))
     return {"tokenizer_digest": weights}
 
 
