@@ -19,6 +19,10 @@ import recbole
 
 PLUGIN_MODELS = {
     "GenLMM": "recbole_gen.model.genlmm",
+    "ImageKNN": "recbole_gen.model.image_knn",
+    "LastItem": "recbole_gen.model.last_item",
+    "GenDiff": "recbole_gen.model.gendiff",
+    "TokenizerReconstruction": "recbole_gen.model.reconstruction",
 }
 _registered = {}
 _extra_properties = []

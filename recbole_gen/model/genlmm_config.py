@@ -1,13 +1,13 @@
 """GenLMM's settings: one typed view of the model's config keys, built once from a RecBole config.
 
-Every field is a config key; its default and its one-line meaning are in properties/model/GenLMM.yaml
-(defaults live only there). :meth:`GenLMMSettings.from_config` converts and range-checks them, so a wrong
+Every field is a config key; its default and its one-line meaning are in properties/model/GenLMM.yaml (the image
+tokenizer's, shared by every generator, in properties/overall.yaml; defaults live only there). :meth:`GenLMMSettings.from_config` converts and range-checks them, so a wrong
 value stops the run before the dataset is read further or anything is trained.
 """
 from dataclasses import dataclass
 from typing import Optional
 
-from recbole_gen.config import Settings
+from recbole_gen.model.vq import TokenizerArchitecture
 
 HISTORY_MODES = ("semantic", "vq", "vision")
 FINETUNE_MODES = ("full", "lora", "none")
@@ -16,7 +16,7 @@ DTYPES = ("fp32", "float32", "bf16", "bfloat16", "fp16", "float16")
 
 
 @dataclass(frozen=True)
-class GenLMMSettings(Settings):
+class GenLMMSettings(TokenizerArchitecture):
     # backbone
     lmm_path: Optional[str]
     dtype: str
@@ -31,13 +31,6 @@ class GenLMMSettings(Settings):
     lmm_vision_heads: int
     lmm_max_length: Optional[int]
     truncate_history: bool
-    # image tokenizer (architecture; its training is an artifact: recbole_gen/trainer/artifacts.py)
-    lmm_image_size: int
-    vq_grid: int
-    vq_codebook_size: int
-    vq_embed_dim: int
-    vq_base_channels: int
-    vq_latent_channels: int
     # prompt and item content
     history_len: int
     history_mode: str
@@ -73,6 +66,7 @@ class GenLMMSettings(Settings):
     generation_batch_size: int
 
     def check(self):
+        super().check()
         self.require(self.dtype.lower() in DTYPES, "dtype", f"one of {', '.join(DTYPES)}")
         self.require(self.history_mode in HISTORY_MODES, "history_mode", f"one of {', '.join(HISTORY_MODES)}")
         self.require(self.finetune in FINETUNE_MODES, "finetune", f"one of {', '.join(FINETUNE_MODES)}")
@@ -80,8 +74,7 @@ class GenLMMSettings(Settings):
         for key in ("history_len", "max_title_tokens", "top_k", "text_loss_weight", "plan_loss_weight",
                     "guidance_scale", "temperature"):
             self.require(getattr(self, key) >= 0, key, ">= 0")
-        for key in ("num_samples", "history_tokens_per_item", "generation_batch_size", "plan_codes", "lmm_image_size",
-                    "vq_grid", "vq_codebook_size", "lmm_hidden_size", "lmm_num_layers", "lmm_num_heads"):
+        for key in ("num_samples", "history_tokens_per_item", "generation_batch_size", "plan_codes", "lmm_hidden_size", "lmm_num_layers", "lmm_num_heads"):
             self.require(getattr(self, key) >= 1, key, ">= 1")
         self.require(0 < self.top_p <= 1, "top_p", "in (0, 1]")
         self.require(0 <= self.cond_dropout < 1, "cond_dropout", "in [0, 1)")

@@ -5,14 +5,35 @@ Janus's VQ encodes with raw squared distances but decodes L2-normalised codebook
 tokenizer keeps its codebook normalised, so :func:`encode` (cosine to unit codes) and :func:`decode` agree with
 its training. Pixels are ``[N, 3, S, S]`` floats in ``[0, 1]``; the VQ works in ``[-1, 1]`` as Janus does.
 """
+from dataclasses import dataclass, fields
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import JanusVQVAEConfig
 
+from recbole_gen.config import Settings
+
+
+@dataclass(frozen=True)
+class TokenizerArchitecture(Settings):
+    """The image tokenizer's architecture keys (properties/overall.yaml), shared by every generator's settings, so
+    GenLMM, GenDiff and TokenizerReconstruction build the same tokenizer and share its cache."""
+
+    lmm_image_size: int
+    vq_grid: int
+    vq_codebook_size: int
+    vq_embed_dim: int
+    vq_base_channels: int
+    vq_latent_channels: int
+
+    def check(self):
+        for key in VQ_ARCHITECTURE:
+            self.require(getattr(self, key) >= 1, key, ">= 1")
+
+
 #: the settings that define the tiny tokenizer's architecture (also the tiny Janus's ``vq_config``)
-VQ_ARCHITECTURE = ("lmm_image_size", "vq_grid", "vq_codebook_size", "vq_embed_dim", "vq_base_channels",
-                   "vq_latent_channels")
+VQ_ARCHITECTURE = tuple(field.name for field in fields(TokenizerArchitecture))
 
 
 def build_vq_config(settings, image_token_embed_dim=64, projection_dim=64):
@@ -42,11 +63,15 @@ def encode(vq, pixels, batch_size=256):
     """Pixels [N,3,S,S] in [0,1] -> image tokens LongTensor [N, grid*grid]."""
     out = []
     for chunk in torch.split(pixels, batch_size):
-        z = encode_normalised(vq, (chunk.float() * 2 - 1).to(vq.device, vq.dtype)).float()
-        codes = F.normalize(vq.quantize.embedding.weight.float(), dim=1)
-        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-        out.append((flat @ codes.t()).argmax(1).view(len(chunk), -1).cpu())
+        out.append(nearest_codes(vq, encode_normalised(vq, (chunk.float() * 2 - 1).to(vq.device, vq.dtype))).cpu())
     return torch.cat(out) if out else torch.zeros(0, 0, dtype=torch.long)
+
+
+def nearest_codes(vq, z):
+    """Latents [B, D, g, g] -> the tokens of their nearest codes by cosine [B, grid*grid]."""
+    codes = F.normalize(vq.quantize.embedding.weight.float(), dim=1)
+    flat = z.float().permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+    return (flat @ codes.t()).argmax(1).view(len(z), -1)
 
 
 @torch.no_grad()

@@ -3,7 +3,9 @@
 Imported on first use, so that running a RecBole model (SASRec...) never imports transformers."""
 import importlib
 
-_TRAINERS = {"GenLMMTrainer": "recbole_gen.trainer.genlmm", "GenLMMRLTrainer": "recbole_gen.trainer.rl"}
+_TRAINERS = {"GenLMMTrainer": "recbole_gen.trainer.genlmm", "GenLMMRLTrainer": "recbole_gen.trainer.rl",
+             "GenLMMRAFTTrainer": "recbole_gen.trainer.rl", "GenLMMDPOTrainer": "recbole_gen.trainer.rl",
+             "GenDiffTrainer": "recbole_gen.trainer.gendiff"}
 
 __all__ = sorted(_TRAINERS)
 

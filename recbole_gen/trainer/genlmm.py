@@ -1,6 +1,7 @@
-"""GenLMMTrainer: RecBole's Trainer contract (``fit`` / ``evaluate`` / checkpoints) with what an LMM's SFT needs.
+"""SFTTrainer: RecBole's Trainer contract (``fit`` / ``evaluate`` / checkpoints) with what a generator's supervised
+training needs; GenLMMTrainer is GenLMM's SFT (GenDiff's trainer: recbole_gen/trainer/gendiff.py).
 
-``fit`` is its own (as RecBole-GNN's NCLTrainer's is): epochs of :meth:`GenLMMTrainer._train_epoch` in the one
+``fit`` is its own (as RecBole-GNN's NCLTrainer's is): epochs of :meth:`SFTTrainer._train_epoch` in the one
 training-step shape of :mod:`recbole_gen.trainer.loop` (gradient accumulation, clipping, warm-up then
 constant / linear / cosine schedule over the whole run), a wall-clock budget (``max_train_minutes``: training
 stops at the first batch past it, the model is validated once more and saved, so a CPU run fits a job's time
@@ -22,8 +23,8 @@ from recbole_gen.trainer.loop import SCHEDULES, Budget, OptimizerSteps
 
 
 @dataclass(frozen=True)
-class SFTSettings(Settings):
-    """The SFT loop's keys beyond RecBole's own (defaults in properties/model/GenLMM.yaml)."""
+class LoopSettings(Settings):
+    """The supervised loop's keys beyond RecBole's own (defaults in the model's yaml)."""
 
     gradient_accumulation_steps: int
     grad_clip: float
@@ -31,37 +32,49 @@ class SFTSettings(Settings):
     lr_scheduler: str
     max_train_minutes: float
     log_every_steps: int
-    plan_teacher_file: Optional[str]
-    plan_teacher_weight: float
 
     def check(self):
         self.require(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", ">= 1")
         self.require(self.lr_scheduler in SCHEDULES, "lr_scheduler", f"one of {', '.join(SCHEDULES)}")
         for key in ("grad_clip", "warmup_steps", "max_train_minutes", "log_every_steps"):
             self.require(getattr(self, key) >= 0, key, ">= 0")
+
+
+@dataclass(frozen=True)
+class SFTSettings(LoopSettings):
+    """GenLMM's SFT: the loop's keys and its plan teacher's (defaults in properties/model/GenLMM.yaml)."""
+
+    plan_teacher_file: Optional[str]
+    plan_teacher_weight: float
+
+    def check(self):
+        super().check()
         self.require(0 <= self.plan_teacher_weight <= 1, "plan_teacher_weight", "in [0, 1]")
 
 
-class GenLMMTrainer(Trainer):
+class SFTTrainer(Trainer):
+    """The supervised loop of a generative recommender: its ``calculate_loss`` per batch (:meth:`_loss`)."""
+
+    settings_class = LoopSettings
+    sft_settings = LoopSettings  # the loop's keys this trainer reads (a subclass may read more)
+
     def __init__(self, config, model):
-        self.sft = SFTSettings.from_config(config)
+        self.sft = self.sft_settings.from_config(config)
         super().__init__(config, model)
         self.budget = Budget(self.sft.max_train_minutes)
         self.steps = None
-        self.teacher = None
         self.throughput = {}
 
     def _build_optimizer(self, **kwargs):
         return super()._build_optimizer(params=[p for p in self.model.parameters() if p.requires_grad], **kwargs)
 
-    def _plan_teacher(self, train_data):
-        from recbole_gen.trainer.recommender import load_recommender
+    def _loss(self, interaction):
+        """One training batch's loss."""
+        return self.model.calculate_loss(interaction)
 
-        if self.sft.plan_teacher_file and self.teacher is None:
-            if not self.model.core.has_plan:
-                raise ValueError("plan_teacher_file teaches the plan head: set plan: item or semantic")
-            self.teacher = load_recommender(self.sft.plan_teacher_file, train_data._dataset, device=self.device)
-        return self.teacher
+    def _throughput_unit(self):
+        """What the progress line counts per second, and how many of it one training row holds."""
+        return "rows", 1
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         model, sft = self.model, self.sft
@@ -70,32 +83,27 @@ class GenLMMTrainer(Trainer):
             self.steps = OptimizerSteps(self.optimizer, model.parameters(), total, sft.warmup_steps, sft.lr_scheduler,
                                         sft.grad_clip, sft.gradient_accumulation_steps)
         self.budget.start()
-        teacher = self._plan_teacher(train_data)
         model.train()
-        tokens_per_row = model.core.num_image_tokens
+        unit, per_row = self._throughput_unit()
         iter_data = tqdm(train_data, total=len(train_data), ncols=100, desc=set_color(f"Train {epoch_idx:>5}", "pink")) \
             if show_progress else train_data
         total, batches, rows, started = 0.0, 0, 0, time.time()
         for batch_idx, interaction in enumerate(iter_data):
-            interaction = interaction.to(self.device)
-            target = None
-            if teacher is not None:
-                target = teacher.probs(interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN]).to(self.device)
-            loss = model.calculate_loss(interaction, plan_teacher=target)
+            loss = self._loss(interaction.to(self.device))
             self._check_nan(loss)
             stepped = self.steps.backward(loss, last=batch_idx == len(train_data) - 1)
             total, batches, rows = total + loss.item(), batches + 1, rows + len(interaction)
             if stepped and sft.log_every_steps and self.steps.step_count % sft.log_every_steps == 0:
-                rate = rows * tokens_per_row / (time.time() - started)
+                rate = rows * per_row / (time.time() - started)
                 self.logger.info(f"step {self.steps.step_count}: loss {loss.item():.4f}, lr {self.steps.lr:.2e}, "
-                                 f"{rate:,.0f} target image tokens/s")
+                                 f"{rate:,.0f} {unit}/s")
             if show_progress:
                 iter_data.set_postfix(loss=f"{loss.item():.3f}")
             if self.budget.exhausted():
                 self.logger.info(set_color(f"max_train_minutes reached after {self.steps.step_count} optimizer steps", "yellow"))
                 break
         elapsed = time.time() - started
-        self.throughput = {"target_tokens_per_s": rows * tokens_per_row / max(elapsed, 1e-9), "rows": rows, "seconds": elapsed}
+        self.throughput = {"per_s": rows * per_row / max(elapsed, 1e-9), "unit": unit, "rows": rows, "seconds": elapsed}
         return total / max(batches, 1)
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
@@ -119,6 +127,8 @@ class GenLMMTrainer(Trainer):
                     break
             if out_of_time:
                 break
+        if saved and not self.train_loss_dict:  # epochs: 0 (e.g. evaluating an init_from checkpoint as it is)
+            self._save_checkpoint(self.start_epoch, verbose=verbose)
         return self.best_valid_score, self.best_valid_result
 
     def _validate(self, valid_data, epoch, verbose, saved, show_progress, callback_fn):
@@ -140,3 +150,35 @@ class GenLMMTrainer(Trainer):
         if stop and verbose:
             self.logger.info(f"Finished training, best eval result in epoch {epoch - self.cur_step * self.eval_step}")
         return stop
+
+
+class GenLMMTrainer(SFTTrainer):
+    """GenLMM's SFT; with ``plan_teacher_file`` a frozen recommender's next-item distribution teaches the plan head."""
+
+    settings_class = SFTSettings
+    sft_settings = SFTSettings
+
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        self.teacher = None
+
+    def _throughput_unit(self):
+        return "target image tokens", self.model.core.num_image_tokens
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        self._plan_teacher(train_data)
+        return super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
+
+    def _plan_teacher(self, train_data):
+        from recbole_gen.trainer.recommender import load_recommender
+
+        if self.sft.plan_teacher_file and self.teacher is None:
+            if not self.model.core.has_plan:
+                raise ValueError("plan_teacher_file teaches the plan head: set plan: item or semantic")
+            self.teacher = load_recommender(self.sft.plan_teacher_file, train_data._dataset, device=self.device)
+
+    def _loss(self, interaction):
+        target = None
+        if self.teacher is not None:
+            target = self.teacher.probs(interaction[self.model.ITEM_SEQ], interaction[self.model.ITEM_SEQ_LEN]).to(self.device)
+        return self.model.calculate_loss(interaction, plan_teacher=target)
