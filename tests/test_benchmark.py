@@ -1,11 +1,14 @@
-"""The benchmark runner on the tiny preset: every output, every column, resume, early failures."""
+"""The benchmark runner on the tiny preset: every output, every column with its interval, reference rows apart,
+resume, early failures."""
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from recbole_gen.comparison import BenchmarkError, load_preset, plan_rows, run_benchmark
+from recbole_gen.comparison.runner import run_in_process
 from recbole_gen.cli import main
 
 
@@ -16,18 +19,40 @@ def tiny_run(emoji_seq_small, tmp_path_factory):
     return out
 
 
+ROWS = ["Pop", "SASRec", "ImageKNN", "LastItem"]
+
+
 def test_outputs_and_columns(tiny_run):
-    for name in ["results.md", "results.csv", "results.json", "gallery.html", "gallery.png", "rows/Pop.json", "rows/SASRec.json"]:
+    for name in ["results.md", "results.csv", "results.json", "results.png", "gallery.html", "gallery.png",
+                 *(f"rows/{row}.{ext}" for row in ROWS for ext in ("json", "npz"))]:
         assert (tiny_run / name).is_file(), name
     info = json.loads((tiny_run / "results.json").read_text())
-    assert [row["row"] for row in info["table"]] == ["Pop", "SASRec"]
-    expected = {"hit@10", "ndcg@10", "targetsim", "novelty", "train_seconds", "test_seconds_per_user", "peak_rss_mb"}
+    assert [row["row"] for row in info["table"]] == ROWS
     for row in info["table"]:
-        assert expected <= set(row), set(row)
-        assert 0 <= row["hit@10"] <= 1 and -1 <= row["targetsim"] <= 1 and row["peak_rss_mb"] > 0
+        assert {"hit@10", "ndcg@10", "targetsim", "novelty", "imagecoverage", "fd"} == set(row["metrics"])
+        hit, targetsim = row["metrics"]["hit@10"], row["metrics"]["targetsim"]
+        assert 0 <= hit["value"] <= 1 and -1 <= targetsim["value"] <= 1 and row["peak_rss_mb"] > 0
+        for cell in row["metrics"].values():  # every metric has an interval around its value
+            low, high = cell["interval"]
+            assert low <= cell["value"] + 1e-9 and cell["value"] <= high + 1e-9
+        assert row["test_users"] == info["table"][0]["test_users"] > 250 and row["epochs"] >= 1
     assert info["versions"]["recbole"] == "1.2.1" and info["seed"] == 2026
     table = (tiny_run / "results.md").read_text()
-    assert "| model | hit@10 ↑ | ndcg@10 ↑ | targetsim ↑ | novelty ↑ |" in table and "| SASRec |" in table
+    assert "| model | Hit@10 ↑ | NDCG@10 ↑ | TargetSim ↑ | Novelty ↑ | ImageCoverage ↑ | FD ↓ | epochs | train | test |" in table
+    assert f"Test users: {info['table'][0]['test_users']}" in table and "![" in table and "Hit@10: the true next item is in the top 10" in table
+    competitors, references = table.split("## References")
+    assert "| ImageKNN | " in competitors and "| LastItem |" not in competitors and "| LastItem | " in references
+    assert table.count("**") >= 2 * 6  # each column has its best row in bold
+
+
+def test_reference_rows_are_never_the_best(tiny_run):
+    info = json.loads((tiny_run / "results.json").read_text())
+    reference = next(row for row in info["table"] if row["row"] == "LastItem")
+    assert reference["reference"] and not any(cell["best"] or cell["significant"] is not None
+                                              for cell in reference["metrics"].values())
+    with open(tiny_run / "results.csv") as f:
+        header = f.readline().strip().split(",")
+    assert {"hit@10_low", "hit@10_high", "hit@10_vs_best_significant", "fd_low"} <= set(header)
 
 
 def test_gallery_has_every_tile(tiny_run):
@@ -41,7 +66,8 @@ def test_gallery_has_every_tile(tiny_run):
     with Image.open(tiny_run / "gallery.png") as image:
         image.load()
         assert image.size[0] > 64 and image.size[1] > 64
-    assert (tiny_run / "gallery.html").read_text().count("<img") == gallery["tiles"]
+    page = (tiny_run / "gallery.html").read_text()
+    assert page.count("<img src=\"gallery/") == gallery["tiles"] and "results.png" in page and "LastItem (reference)" in page
 
 
 def test_resume_skips_finished_rows(tiny_run, emoji_seq_small):
@@ -66,3 +92,14 @@ def test_unbuildable_dataset_fails_before_training(capsys):
     assert main(["benchmark", "--preset=tiny", "--dataset=no-such-data"]) == 2
     assert "Dataset 'no-such-data' not found" in capsys.readouterr().err
     assert not Path("results").exists()
+
+
+def _large_message(size, queue, parent_pid):
+    queue.put(("ok", np.arange(size, dtype=np.float64)))
+
+
+def test_a_row_result_larger_than_the_pipe_buffer_comes_back():
+    """A row's bootstrap draws (1,000 resamples x every metric) exceed the pipe's 64 KiB: reading only after the row
+    exits would wait forever (the main job hung on its first row this way)."""
+    status, payload = run_in_process(_large_message, 200_000)  # 1.6 MB
+    assert status == "ok" and len(payload) == 200_000 and payload[-1] == 199_999

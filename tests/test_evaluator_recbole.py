@@ -155,3 +155,20 @@ def test_ranking_only_config_is_untouched(setup):
     trainer = with_image_evaluation(Trainer)(config, OracleRanker(config, train._dataset))
     result = trainer.evaluate(valid, load_best_model=False)
     assert set(result) == {"hit@1", "hit@5", "mrr@1", "mrr@5"} and trainer.catalogue is None
+
+
+def test_per_user_values_average_to_recboles_result_and_refit_the_set_metrics(setup):
+    from recbole.model.sequential_recommender import SASRec
+
+    from recbole_gen.evaluator.intervals import resampled, user_values
+
+    config, dataset, train, valid, test = setup(SASRec, n_layers=1, n_heads=1, hidden_size=8, inner_size=8,
+                                                eval_fd_per_user=True)
+    trainer = with_image_evaluation(Trainer)(config, SASRec(config, train._dataset))
+    result = trainer.evaluate(test, load_best_model=False)
+    values = user_values(trainer.eval_collector.last_struct, config)
+    assert len(values["user"]) == len(test._dataset.inter_feat) and (np.diff(values["user"]) > 0).all()
+    everyone = resampled(values, np.arange(len(values["user"]))[None])
+    assert set(everyone) == set(result)
+    for metric, value in result.items():
+        assert everyone[metric][0] == pytest.approx(value, abs=1e-4, nan_ok=True), metric

@@ -1,6 +1,7 @@
 """gallery.png and gallery.html: for a seeded sample of test users, the history strip, the true
 next item, each generator's samples and each ranker's top-1 item, with each tile's cosine to the
-true next item under the evaluation encoder written under it."""
+true next item under the evaluation encoder written under it. The page opens with the metrics plot
+(results.png) and links the table."""
 import html
 import json
 from pathlib import Path
@@ -111,11 +112,15 @@ def write_gallery(out, preset, dataset, rows, shared_config):
             cells.append(f"<td>{''.join(images)}</td>")
         html_rows.append(f"<tr><th>{html.escape(user['user'])}</th>{''.join(cells)}</tr>")
     sheet.save(out / "gallery.png")
-    head = "".join(f"<th>{html.escape(n)}</th>" for n in ["user", "history", "true next", *columns])
+    references = {row["row"] for row in rows if row.get("reference")}
+    head = "".join(f"<th>{html.escape(n)}</th>" for n in
+                   ["user", "history", "true next", *(c + (" (reference)" if c in references else "") for c in columns)])
     (out / "gallery.html").write_text(
         "<!doctype html><meta charset='utf-8'><title>gallery</title><style>img{width:64px;image-rendering:pixelated}"
         "figure{display:inline-block;margin:2px;text-align:center}td{vertical-align:top}</style>"
         f"<h1>{html.escape(dataset)}: what each model shows a user</h1>"
+        "<p><a href='results.md'>The table</a> (every metric with its interval); the main metrics at a glance:</p>"
+        "<p><img src='results.png' style='width:auto;max-width:100%;image-rendering:auto'></p>"
         "<p>Numbers: cosine to the true next item under the evaluation encoder "
         f"({html.escape(str(shared_config.get('eval_encoder') or 'default'))}).</p>"
         f"<table><tr>{head}</tr>{''.join(html_rows)}</table>\n"

@@ -1,4 +1,9 @@
-"""results.md (for people), results.csv and results.json (for programs) from finished rows."""
+"""results.md (for people), results.csv and results.json (for programs) from finished rows and their bootstrap draws.
+
+Every metric gets its 95% interval over test users (:mod:`recbole_gen.comparison.bootstrap`); in results.md the best
+competitor of each column is bold, and so is every competitor whose paired difference to it is not significant.
+Reference rows (``reference: true``: bounds, not competitors) are shown in a table of their own.
+"""
 import csv
 import json
 import math
@@ -8,11 +13,27 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-from recbole.evaluator.register import smaller_metrics
+from recbole.evaluator.register import metrics_dict, smaller_metrics
 
-TIME_COLUMNS = [("train_seconds", "train time (s)"), ("test_seconds_per_user", "eval time / user (ms)"),
-                ("peak_rss_mb", "peak memory (MiB)")]
+from recbole_gen.comparison.bootstrap import compare, interval
+
 PACKAGES = ["recbole-gen", "recbole", "torch", "transformers", "peft", "faiss-cpu", "numpy", "pandas"]
+LEGEND = {
+    "hit": "the true next item is in the top {k}",
+    "ndcg": "the same, discounted by its rank",
+    "mrr": "1 / rank of the true next item (0 below {k})",
+    "recall": "share of the user's next items in the top {k}",
+    "precision": "share of the top {k} that are next items",
+    "targetsim": "cosine of the row's images to the true next item",
+    "targetsimbest": "the best of those cosines",
+    "historysim": "cosine to the user's history items",
+    "futuresim": "cosine to the user's later items",
+    "diversity": "1 - cosine between one user's images",
+    "imagecoverage": "share of the catalogue that is some image's nearest item",
+    "novelty": "1 - cosine to the nearest catalogue item (0 for a ranker)",
+    "fd": "Fréchet distance of the images to the true next items",
+    "oracleutility": "the simulated user's utility of the images",
+}
 
 
 def metric_columns(rows):
@@ -23,8 +44,19 @@ def metric_columns(rows):
     return columns
 
 
+def bigger_is_better(metric):
+    return metric.split("@")[0] not in smaller_metrics
+
+
 def arrow(metric):
-    return "↓" if metric.split("@")[0] in smaller_metrics else "↑"
+    return "↑" if bigger_is_better(metric) else "↓"
+
+
+def display_name(metric):
+    """RecBole's result key (``ndcg@10``) as its metric class names it (``NDCG@10``)."""
+    name, _, k = metric.partition("@")
+    cls = metrics_dict.get(name)
+    return (cls.__name__ if cls else name) + (f"@{k}" if k else "")
 
 
 def machine():
@@ -51,46 +83,158 @@ def commit():
         return None
 
 
-def _timings(row):
-    users = max(1, row.get("test_users") or 1)
-    return {"train_seconds": row["train_seconds"], "test_seconds_per_user": 1000 * row["test_seconds"] / users,
-            "peak_rss_mb": row["peak_rss_mb"]}
+def _defined(value):
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
-def _cell(value):
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+def _cells(rows, draws, columns, level):
+    """``{row: {metric: cell}}``: value, interval, and (competitors) the paired comparison with the column's best."""
+    cells = {}
+    for row in rows:
+        name = row["row"]
+        cells[name] = {}
+        for metric in columns:
+            value = row["test_result"].get(metric)
+            value = float(value) if _defined(value) else None
+            bounds = interval(value, draws[name][metric], level) if value is not None and metric in draws[name] else None
+            cells[name][metric] = {"value": value, "interval": bounds, "best": False, "tied_with_best": False,
+                                   "vs_best": None, "significant": None}
+    competitors = [row for row in rows if not row.get("reference")]
+    for metric in columns:
+        scored = [row for row in competitors if cells[row["row"]][metric]["value"] is not None]
+        if not scored:
+            continue
+        sign = 1 if bigger_is_better(metric) else -1
+        best = max(scored, key=lambda row: sign * cells[row["row"]][metric]["value"])
+        best_cell = cells[best["row"]][metric]
+        best_cell["best"] = best_cell["tied_with_best"] = True
+        for row in scored:
+            cell = cells[row["row"]][metric]
+            paired = (row is not best and metric in draws[row["row"]] and metric in draws[best["row"]]
+                      and row["bootstrap"]["users"] == best["bootstrap"]["users"])
+            if paired:
+                cell["vs_best"], cell["significant"] = compare(cell["value"], draws[row["row"]][metric],
+                                                               best_cell["value"], draws[best["row"]][metric], level)
+                cell["tied_with_best"] = not cell["significant"]
+    return cells
+
+
+def _decimals(value):
+    """Decimals that show ``value`` with 3 significant digits."""
+    return 0 if value == 0 or abs(value) >= 100 else max(0, 2 - math.floor(math.log10(abs(value))))
+
+
+def _number(value, decimals):
+    text = f"{value:.{decimals}f}"
+    return "0" if float(text) == 0 else text
+
+
+def format_cell(cell):
+    """``0.225 [0.199, 0.251]`` (3 significant digits; the interval at the value's decimals), bold when tied with the
+    best; ``–`` when undefined."""
+    value = cell["value"]
+    if value is None:
         return "–"
-    return f"{value:.4f}" if isinstance(value, float) and abs(value) < 100 else f"{value:.0f}"
+    decimals = _decimals(value)
+    text = _number(value, decimals)
+    if cell["interval"] is not None:
+        low, high = (_number(bound, decimals) for bound in cell["interval"])
+        if (low, high) != (text, text):
+            text += f" [{low}, {high}]"
+    return f"**{text}**" if cell["tied_with_best"] else text
 
 
-def write_report(out, preset, dataset, rows, shared_config, command):
+def minutes(seconds):
+    total = int(round(seconds))
+    return f"{total // 60}:{total % 60:02d}"
+
+
+def _table_lines(rows, cells, columns):
+    header = ["model", *(f"{display_name(c)} {arrow(c)}" for c in columns), "epochs", "train", "test", "peak memory"]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    for row in rows:
+        cost = [str(row.get("epochs", "–")), minutes(row["train_seconds"]), minutes(row["test_seconds"]),
+                f"{row['peak_rss_mb'] / 1024:.2f} GiB"]
+        lines.append("| " + " | ".join([row["row"], *(format_cell(cells[row["row"]][c]) for c in columns), *cost]) + " |")
+    return lines
+
+
+def legend(columns):
+    """One line: what each metric of ``columns`` means."""
+    parts = []
+    for metric in columns:
+        name, _, k = metric.partition("@")
+        if name in LEGEND:
+            parts.append(f"{display_name(metric)}: {LEGEND[name].format(k=k)}")
+    return "; ".join(parts) + "."
+
+
+def write_report(out, preset, dataset, rows, draws, shared_config, command):
+    """Write results.md/.csv/.json; returns the table (one dict per row, every cell with its interval) for the plot."""
     out = Path(out)
+    level = float(preset["interval_level"])
     columns = metric_columns(rows)
-    table = [{"row": row["row"], **{c: row["test_result"].get(c) for c in columns}, **_timings(row)} for row in rows]
+    cells = _cells(rows, draws, columns, level)
+    table = [{"row": row["row"], "reference": bool(row.get("reference")), "metrics": cells[row["row"]],
+              "epochs": row.get("epochs"), "train_seconds": row["train_seconds"], "test_seconds": row["test_seconds"],
+              "test_users": row["test_users"], "peak_rss_mb": row["peak_rss_mb"]} for row in rows]
+    users = {row["test_users"] for row in rows}
+    samples = {row["bootstrap"]["samples"] for row in rows}
     info = {
         "command": command, "dataset": dataset, "preset": preset["name"], "seed": shared_config.get("seed"),
         "commit": commit(), "machine": machine(), "versions": versions(),
         "eval_encoder": shared_config.get("eval_encoder") or "see properties/overall.yaml (eval_encoder)",
+        "interval": {"level": level, "method": "paired bootstrap over test users, bias-shifted percentiles",
+                     "samples": sorted(samples)},
         "config": shared_config, "columns": columns, "rows": rows, "table": table,
     }
     (out / "results.json").write_text(json.dumps(info, indent=2, default=str))
-    with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["row", *columns, *(key for key, _ in TIME_COLUMNS)])
-        writer.writeheader()
-        writer.writerows(table)
-    header = ["model", *(f"{c} {arrow(c)}" for c in columns), *(label for _, label in TIME_COLUMNS)]
+    _write_csv(out / "results.csv", table, columns)
+
+    shown = [c for c in columns if any(cells[row["row"]][c]["value"] is not None for row in rows)]
+    hidden = [display_name(c) for c in columns if c not in shown]
+    competitors = [row for row in rows if not row.get("reference")]
+    references = [row for row in rows if row.get("reference")]
     lines = [
         f"# {dataset}: generators and recommenders side by side",
         "",
         f"Command: `{command}`  ",
         f"Preset: {preset['name']}, seed {shared_config.get('seed')}, commit {info['commit'] or 'unknown'}  ",
-        f"Machine: {info['machine']['platform']}, {info['machine']['cpus']} CPUs, Python {info['machine']['python']}",
+        f"Machine: {info['machine']['platform']}, {info['machine']['cpus']} CPUs, Python {info['machine']['python']}  ",
+        f"Test users: {', '.join(f'{u:,}' for u in sorted(users))}; intervals: {level:.0%}, paired bootstrap over test "
+        f"users ({', '.join(f'{s:,}' for s in sorted(samples))} resamples)",
         "",
-        "| " + " | ".join(header) + " |",
-        "| " + " | ".join("---" for _ in header) + " |",
+        "![every row's main metrics with their intervals](results.png)",
+        "",
+        *_table_lines(competitors, cells, shown),
+        "",
+        f"**Bold**: the best row of a column, and every row whose paired difference to it is not significant "
+        f"(its {level:.0%} interval contains 0). ↑ higher is better, ↓ lower is better; – not defined for this row"
+        + (f"; {', '.join(hidden)}: not defined for any row (left out)." if hidden else "."),
+        "Times are m:ss (train: fitting, validation included; test: the test evaluation); epochs: epochs trained.",
+        "",
+        legend(shown),
     ]
-    for entry in table:
-        cells = [entry["row"], *(_cell(entry[c]) for c in columns), *(_cell(entry[key]) for key, _ in TIME_COLUMNS)]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "↑ higher is better, ↓ lower is better; – = not defined for this row (see docs/evaluation.md)."]
+    if references:
+        lines += ["", "## References (bounds, not competitors)", "", *_table_lines(references, cells, shown)]
     (out / "results.md").write_text("\n".join(lines) + "\n")
+    return table
+
+
+def _write_csv(path, table, columns):
+    fields = ["row", "reference"]
+    for metric in columns:
+        fields += [metric, f"{metric}_low", f"{metric}_high", f"{metric}_vs_best_significant"]
+    fields += ["epochs", "train_seconds", "test_seconds", "test_users", "peak_rss_mb"]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for entry in table:
+            flat = {key: entry[key] for key in ("row", "reference", "epochs", "train_seconds", "test_seconds",
+                                                  "test_users", "peak_rss_mb")}
+            for metric in columns:
+                cell = entry["metrics"][metric]
+                low, high = cell["interval"] or (None, None)
+                flat.update({metric: cell["value"], f"{metric}_low": low, f"{metric}_high": high,
+                             f"{metric}_vs_best_significant": cell["significant"]})
+            writer.writerow(flat)

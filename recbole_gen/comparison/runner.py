@@ -1,10 +1,13 @@
 """Run every row of a benchmark preset with the same dataset, split, seed and evaluation.
 
 Each row runs in its own spawned process (so its peak memory is its own and a crash cannot take
-the table with it) through :func:`recbole_gen.quick_start.run_recbole`, and is written to
-``rows/<row>.json`` when it finishes; ``resume=True`` skips rows already written, so an
-interrupted benchmark loses at most the row in flight. A row's config may name another row's
-checkpoint as ``'@Row'`` (GenLMM-RL starts from GenLMM-SFT, rewarded by the SASRec row).
+the table with it) through :func:`recbole_gen.quick_start.run_recbole`, which also bootstraps the
+row's test users there (:mod:`recbole_gen.comparison.bootstrap`), and is written to
+``rows/<row>.json`` (and its resampled metrics to ``rows/<row>.npz``) when it finishes;
+``resume=True`` keeps rows already written with the same settings (model, dataset, resolved config,
+resamples), so an interrupted benchmark loses at most the row in flight and a changed row reruns. A row's config may name another row's checkpoint as ``'@Row'`` (GenLMM-RL starts from
+GenLMM-SFT, rewarded by the SASRec row); ``reference: true`` marks a row that is not a competitor
+(a bound such as a redraw of the true next item): the report shows it apart.
 """
 import json
 import multiprocessing
@@ -15,10 +18,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import yaml
 from tqdm import tqdm
 
-from recbole_gen.files import atomic_write_bytes
+from recbole_gen.files import atomic_write, atomic_write_bytes, digest
 from recbole_gen.utils import UnknownModelError, get_model, properties_dir
 
 REFERENCE = re.compile(r"^@(.+)$")
@@ -34,6 +38,7 @@ class Row:
     model: str
     config: dict
     needs: list
+    reference: bool
 
 
 def load_preset(preset):
@@ -58,6 +63,7 @@ def plan_rows(preset, models=None):
     for name in names:
         config = dict(preset["rows"][name] or {})
         model = config.pop("model", name)
+        reference = bool(config.pop("reference", False))
         try:
             get_model(model)
         except UnknownModelError as error:
@@ -66,7 +72,7 @@ def plan_rows(preset, models=None):
         missing = [n for n in needs if n not in names]
         if missing:
             raise BenchmarkError(f"row '{name}' needs row(s) {', '.join(missing)}: add them to --models")
-        rows[name] = Row(name, model, config, needs)
+        rows[name] = Row(name, model, config, needs, reference)
     ordered, done = [], set()
     while len(ordered) < len(rows):
         ready = [row for row in rows.values() if row.name not in done and set(row.needs) <= done]
@@ -90,14 +96,16 @@ def _exit_with_parent(parent_pid):
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _row_worker(model, dataset, config_dict, queue, parent_pid):
+def _row_worker(model, dataset, config_dict, bootstrap_samples, queue, parent_pid):
+    from recbole_gen.comparison.bootstrap import replicates
     from recbole_gen.quick_start import run_recbole
 
     _exit_with_parent(parent_pid)
     try:
         result = run_recbole(model, dataset, config_dict=config_dict)
+        draws = replicates(result.pop("test_per_user"), bootstrap_samples, config_dict["seed"])
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        queue.put(("ok", _plain(result)))
+        queue.put(("ok", (_plain(result), draws)))
     except BaseException as error:  # reported to the parent, which stops the benchmark
         import traceback
 
@@ -115,20 +123,32 @@ def _plain(value):
     return value
 
 
-def _run_row(row, dataset, config_dict):
+def run_in_process(target, *args):
+    """``target(*args, queue, parent_pid)`` in a spawned process; returns the message it put on ``queue``, or None
+    if it died without one."""
     context = multiprocessing.get_context("spawn")
     queue = context.SimpleQueue()
-    process = context.Process(target=_row_worker, args=(row.model, dataset, config_dict, queue, os.getpid()))
+    process = context.Process(target=target, args=(*args, queue, os.getpid()))
     process.start()
     try:
+        # read the message while the process still runs: one larger than the pipe's buffer (a row's bootstrap
+        # draws) blocks the process until it is read, so joining first would wait forever
+        while process.is_alive() and queue.empty():
+            process.join(timeout=1)
+        message = None if queue.empty() else queue.get()
         process.join()
     finally:
-        if process.is_alive():  # interrupted: stop the row too
+        if process.is_alive():  # interrupted: stop it too
             process.terminate()
             process.join()
-    if queue.empty():
-        raise RuntimeError(f"row '{row.name}' died without a result (exit code {process.exitcode})")
-    status, payload = queue.get()
+    return message if message is not None else (None, process.exitcode)
+
+
+def _run_row(row, dataset, config_dict, bootstrap_samples):
+    """``(result, bootstrap draws)`` of one row, run in its own process."""
+    status, payload = run_in_process(_row_worker, row.model, dataset, config_dict, bootstrap_samples)
+    if status is None:
+        raise RuntimeError(f"row '{row.name}' died without a result (exit code {payload})")
     if status != "ok":
         raise RuntimeError(f"row '{row.name}' failed: {payload}")
     return payload
@@ -136,6 +156,15 @@ def _run_row(row, dataset, config_dict):
 
 def _write_json(path, data):
     atomic_write_bytes(path, json.dumps(data, indent=2, default=str).encode())
+
+
+def _write_draws(path, draws):
+    atomic_write(path, lambda f: np.savez_compressed(f, **{k: v.astype(np.float32) for k, v in draws.items()}))
+
+
+def _read_draws(path):
+    with np.load(path) as arrays:
+        return {key: arrays[key].astype(np.float64) for key in arrays.files}
 
 
 def default_out_dir(dataset, resume):
@@ -148,8 +177,9 @@ def default_out_dir(dataset, resume):
 
 
 def run_benchmark(preset="default", models=None, dataset=None, out=None, resume=False, overrides=None, command=None):
-    """Run (or resume) a benchmark; returns the results folder with results.md/.csv/.json and the gallery."""
+    """Run (or resume) a benchmark; returns the results folder with results.md/.csv/.json/.png and the gallery."""
     from recbole_gen.comparison.gallery import write_gallery
+    from recbole_gen.comparison.plot import write_plot
     from recbole_gen.comparison.report import write_report
     from recbole_gen.config import Config
     from recbole_gen.data import ensure_dataset_files
@@ -163,20 +193,29 @@ def run_benchmark(preset="default", models=None, dataset=None, out=None, resume=
     out = Path(out) if out else default_out_dir(dataset, resume)
     (out / "rows").mkdir(parents=True, exist_ok=True)
     shared = {**shared, "log_dir": str(out / "logs"), "checkpoint_dir": str(out / "saved")}
-    results = {}
+    samples = int(preset["bootstrap_samples"])
+    results, draws = {}, {}
     progress = tqdm(rows, desc="benchmark rows", unit="row")
     for row in progress:
         progress.set_postfix_str(row.name)
-        row_file = out / "rows" / f"{row.name}.json"
-        if resume and row_file.is_file():
-            results[row.name] = json.loads(row_file.read_text())
-            continue
+        row_file, draws_file = out / "rows" / f"{row.name}.json", out / "rows" / f"{row.name}.npz"
         config_dict = {**shared, **{k: _resolve(v, results) for k, v in row.config.items()}}
-        result = _run_row(row, dataset, config_dict)
-        results[row.name] = {"row": row.name, "model": row.model, "config": row.config, **result}
+        key = digest({"model": row.model, "dataset": dataset, "config": config_dict, "samples": samples})
+        if resume and row_file.is_file() and draws_file.is_file():
+            previous = json.loads(row_file.read_text())
+            if previous.get("key") == key:
+                results[row.name], draws[row.name] = previous, _read_draws(draws_file)
+                continue
+        result, row_draws = _run_row(row, dataset, config_dict, samples)
+        results[row.name] = {"row": row.name, "model": row.model, "config": row.config, "reference": row.reference,
+                             "key": key, **result, "bootstrap": {"samples": samples, "seed": config_dict["seed"],
+                                                                 "users": row_draws["users"]}}
+        draws[row.name] = row_draws["metrics"]
+        _write_draws(draws_file, draws[row.name])
         _write_json(row_file, results[row.name])
     ordered = [results[row.name] for row in rows]
-    write_report(out, preset, dataset, ordered, shared, command)
+    table = write_report(out, preset, dataset, ordered, draws, shared, command)
+    write_plot(out, preset, dataset, table)
     write_gallery(out, preset, dataset, ordered, shared)
     return out
 

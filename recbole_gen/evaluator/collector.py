@@ -9,7 +9,10 @@ per-user image values under ``gen.*`` keys. Each user's "samples" are:
 * for a **ranker**: the catalogue embeddings of its top-``eval_image_samples`` items by score.
 
 General models (Pop) have no ``item_id_list``: the loop puts each user's training items under :data:`HISTORY`.
-The Fréchet statistics are running sums (memory does not grow with the number of batches).
+The Fréchet statistics are running sums (memory does not grow with the number of batches); with ``eval_fd_per_user``
+each user's FD features are kept as well (``eval_fd_dim`` floats per image), so that FD can be recomputed on resampled
+users. Every evaluated row's user id is kept under :data:`USER`, and the last evaluation's data struct stays
+available as ``last_struct``: :mod:`recbole_gen.evaluator.intervals` turns it into per-user values.
 """
 import torch
 from recbole.evaluator.collector import Collector
@@ -18,6 +21,7 @@ from recbole_gen.evaluator.functional import FrechetStats, image_metrics
 from recbole_gen.evaluator.metrics import NEED
 
 SAMPLES, SAMPLE_MASK, HISTORY = "gen_sample_emb", "gen_sample_mask", "gen_history"
+USER = "eval.user"
 PER_USER = ("target_sim", "target_sim_best", "history_sim", "future_sim", "diversity", "novelty", "oracle_utility",
             "nearest")
 
@@ -25,7 +29,7 @@ PER_USER = ("target_sim", "target_sim_best", "history_sim", "future_sim", "diver
 class ImageCollector(Collector):
     def __init__(self, config):
         super().__init__(config)
-        self.catalogue = self.judge = self.future_by_user = None
+        self.catalogue = self.judge = self.future_by_user = self.last_struct = None
 
     def set_image_context(self, catalogue, judge=None, future_by_user=None):
         """The catalogue (evaluation encoder + index), the OracleUtility judge, and each user's later items (the
@@ -34,13 +38,17 @@ class ImageCollector(Collector):
 
     def eval_batch_collect(self, scores_tensor, interaction, positive_u, positive_i):
         super().eval_batch_collect(scores_tensor, interaction, positive_u, positive_i)
+        uid = self.config["USER_ID_FIELD"]
+        if uid in interaction:
+            self.data_struct.update_tensor(USER, interaction[uid].cpu())
         if self.register.need(NEED):
             self._collect_images(scores_tensor, interaction, positive_u, positive_i)
 
     def get_data_struct(self):
         struct = super().get_data_struct()
-        for key in [k for k in self.data_struct._data_dict if k.startswith("gen.")]:
+        for key in [k for k in self.data_struct._data_dict if k.startswith("gen.") or k == USER]:
             del self.data_struct[key]
+        self.last_struct = struct
         return struct
 
     def _samples(self, scores, interaction):
@@ -86,4 +94,9 @@ class ImageCollector(Collector):
         stats = FrechetStats.row(catalogue.fd_features(samples[keep]),
                                  catalogue.fd_features(catalogue.embeddings[target[catalogue.has_image[target]]]))
         struct.set("gen.fd_stats", stats if "gen.fd_stats" not in struct else struct["gen.fd_stats"] + stats)
+        if self.config["eval_fd_per_user"]:  # NaN rows: images FD leaves out
+            generated = catalogue.fd_features(samples).view(batch, samples.shape[1], -1)
+            struct.update_tensor("gen.fd_generated", generated.masked_fill(~keep.unsqueeze(-1), float("nan")))
+            real = catalogue.fd_features(catalogue.embeddings[target])
+            struct.update_tensor("gen.fd_real", real.masked_fill(~catalogue.has_image[target].unsqueeze(-1), float("nan")))
         struct.set("gen.num_catalogue_items", torch.tensor([catalogue.num_valid]))

@@ -1,0 +1,47 @@
+"""results.png: the preset's main metrics (``plot_metrics``) for every row with their intervals, one panel per
+metric, competitors above and reference rows (hollow, grey) below a dashed line; the best competitor is dark."""
+from pathlib import Path
+
+from recbole_gen.comparison.report import arrow, display_name
+
+BEST, OTHER, REFERENCE = "#1f4e79", "#7da7d9", "#8c8c8c"
+
+
+def write_plot(out, preset, dataset, table):
+    """Draw results.png from the report's table; returns its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in preset["plot_metrics"] if any(entry["metrics"].get(m, {}).get("value") is not None
+                                                        for entry in table)]
+    ordered = [entry for entry in table if not entry["reference"]] + [entry for entry in table if entry["reference"]]
+    figure, axes = plt.subplots(1, max(1, len(metrics)), sharey=True, squeeze=False,
+                                figsize=(2.8 * max(1, len(metrics)) + 1.4, 0.34 * len(ordered) + 1.3))
+    positions = list(range(len(ordered)))[::-1]
+    references = sum(entry["reference"] for entry in ordered)
+    for ax, metric in zip(axes[0], metrics):
+        for y, entry in zip(positions, ordered):
+            cell = entry["metrics"].get(metric)
+            if cell is None or cell["value"] is None:
+                continue
+            color = REFERENCE if entry["reference"] else BEST if cell["best"] else OTHER
+            low, high = cell["interval"] or (cell["value"], cell["value"])
+            ax.errorbar(cell["value"], y, xerr=[[cell["value"] - low], [high - cell["value"]]], fmt="o", color=color,
+                        markerfacecolor="white" if entry["reference"] else color, capsize=2, markersize=5)
+        ax.set_title(f"{display_name(metric)} {arrow(metric)}", fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+        ax.tick_params(labelsize=8)
+        if references:
+            ax.axhline(references - 0.5, color=REFERENCE, linestyle="--", linewidth=0.8)
+    axes[0][0].set_yticks(positions, [entry["row"] + (" (ref.)" if entry["reference"] else "") for entry in ordered],
+                          fontsize=9)
+    users = sorted({entry["test_users"] for entry in table})
+    figure.suptitle(f"{dataset}: {', '.join(f'{u:,}' for u in users)} test users, "
+                    f"{float(preset['interval_level']):.0%} bootstrap intervals", fontsize=10)
+    figure.tight_layout()
+    path = Path(out) / "results.png"
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
