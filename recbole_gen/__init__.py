@@ -3,7 +3,13 @@
 Importing the package applies the compatibility patches that stock RecBole 1.2.1 needs on
 today's numpy/pandas/torch/scipy (see :mod:`recbole_gen.compat`).
 """
-from recbole_gen import compat
+import os
+
+# idle OpenMP threads sleep instead of spinning, so a run beside another process slows down 1.5x, not 2.7x
+# (benchmarks/threads/results.json); set OMP_WAIT_POLICY yourself to choose otherwise. Read when torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from recbole_gen import compat  # noqa: E402
 
 compat.apply()
 

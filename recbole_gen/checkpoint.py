@@ -28,10 +28,56 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, incomplete, not a checkpoint, or that would need arbitrary unpickling."""
 
 
+TAG = "__recbole_gen__"  # marks a value of ``other_parameter`` stored as tensors (see :func:`plain_other_parameter`)
+
+
 def save_checkpoint(path, state):
     """Write ``state`` (its ``config`` already plain data) atomically: an interrupted save leaves the old file."""
+    if state.get("other_parameter"):
+        state = {**state, "other_parameter": plain_other_parameter(state["other_parameter"])}
     atomic_write(path, lambda f: torch.save(state, f))  # the default protocol: the weights-only unpickler reads it
     return path
+
+
+def plain_other_parameter(other):
+    """A model's ``other_parameter()`` in the types a weights-only load accepts. RecBole's models keep numpy arrays
+    (EASE), scipy sparse matrices (ItemKNN, EASE) and submodules (SASRecF's feature embedding) there: arrays and
+    matrices become tagged tensors; a submodule is left out, since its weights are in ``state_dict`` already."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    plain = {}
+    for key, value in other.items():
+        if isinstance(value, torch.nn.Module):
+            continue
+        if isinstance(value, np.ndarray):
+            value = {TAG: "numpy", "value": torch.from_numpy(np.ascontiguousarray(value))}
+        elif sp.issparse(value):
+            coo = value.tocoo()
+            value = {TAG: "scipy", "format": value.format, "shape": list(coo.shape), "row": torch.from_numpy(coo.row),
+                     "col": torch.from_numpy(coo.col), "data": torch.from_numpy(coo.data)}
+        elif isinstance(value, dict):
+            value = plain_other_parameter(value)
+        plain[key] = value
+    return plain
+
+
+def _restore_other_parameter(other):
+    """The inverse of :func:`plain_other_parameter` (submodules excepted: ``state_dict`` restores them)."""
+    import scipy.sparse as sp
+
+    restored = {}
+    for key, value in other.items():
+        if isinstance(value, dict) and value.get(TAG) == "numpy":
+            value = value["value"].numpy()
+        elif isinstance(value, dict) and value.get(TAG) == "scipy":
+            coo = sp.coo_matrix((value["data"].numpy(), (value["row"].numpy(), value["col"].numpy())),
+                                shape=tuple(value["shape"]))
+            value = coo.asformat(value["format"])
+        elif isinstance(value, dict):
+            value = _restore_other_parameter(value)
+        restored[key] = value
+    return restored
 
 
 def load_checkpoint(path, map_location="cpu", trust=False):
@@ -59,6 +105,8 @@ def load_checkpoint(path, map_location="cpu", trust=False):
                               f"not a checkpoint at all: retrain or copy it again") from None
     if not isinstance(checkpoint, dict) or not {"config", "state_dict"} <= set(checkpoint):
         raise CheckpointError(f"'{path}' is not a RecBole checkpoint (a dict with 'config' and 'state_dict')")
+    if isinstance(checkpoint.get("other_parameter"), dict):
+        checkpoint["other_parameter"] = _restore_other_parameter(checkpoint["other_parameter"])
     return checkpoint
 
 
@@ -92,7 +140,7 @@ def export_checkpoint(path, out, trust=False):
     config = checkpoint["config"]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tensors, plain = _split_tensors(checkpoint.get("other_parameter") or {})
+    tensors, plain = _split_tensors(plain_other_parameter(checkpoint.get("other_parameter") or {}))
     files = {
         "config.json": json.dumps(config if isinstance(config, dict) else plain_config(config), indent=1).encode(),
         "model.safetensors": save({k: v.contiguous() for k, v in checkpoint["state_dict"].items()}),
@@ -135,7 +183,8 @@ def _load_exported(folder, map_location):
                 node = node.setdefault(parent, {})
             node[leaf] = value
         return {"config": json.loads((folder / "config.json").read_text()),
-                "state_dict": load_file(folder / "model.safetensors", device=str(map_location)), "other_parameter": other}
+                "state_dict": load_file(folder / "model.safetensors", device=str(map_location)),
+                "other_parameter": _restore_other_parameter(other)}
     except (OSError, ValueError) as error:
         raise CheckpointError(f"exported checkpoint '{folder}' is incomplete ({_first_line(error)})") from None
 

@@ -15,13 +15,13 @@ import recbole_gen  # noqa: F401  (applies the compatibility patches first)
 from recbole_gen.checkpoint import CheckpointError
 from recbole_gen.comparison.runner import BenchmarkError
 from recbole_gen.config import ConfigError, parse_value
-from recbole_gen.data.builtin import BUILDERS, DatasetNotFoundError, build_dataset
+from recbole_gen.data.builtin import BUILDERS, DatasetFormatError, DatasetNotFoundError, build_dataset
 from recbole_gen.data.images import ItemImageError
 from recbole_gen.data.importers import DatasetImportError, add_arguments as add_import_arguments
 from recbole_gen.model.generative import NotARankerError, UnknownUserError
 from recbole_gen.utils import UnknownModelError, known_model_names
 
-USER_ERRORS = (UnknownModelError, DatasetNotFoundError, yaml.YAMLError, ConfigError, ItemImageError, CheckpointError,
+USER_ERRORS = (UnknownModelError, DatasetNotFoundError, DatasetFormatError, yaml.YAMLError, ConfigError, ItemImageError, CheckpointError,
                UnknownUserError, NotARankerError, BenchmarkError, DatasetImportError)
 
 

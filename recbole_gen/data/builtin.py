@@ -22,6 +22,10 @@ class DatasetNotFoundError(FileNotFoundError):
     """The dataset's atomic files are not on disk and no built-in builder knows the name."""
 
 
+class DatasetFormatError(ValueError):
+    """The dataset's files are there but give RecBole nothing to work with; the message names the file."""
+
+
 def register_dataset(name, check=None):
     """Decorator: ``builder(folder: Path, config) -> None`` writes the dataset's files into ``folder``
     (``config``: a :class:`recbole_gen.config.Config`, whose dataset yaml holds the build options).

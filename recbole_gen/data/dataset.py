@@ -19,7 +19,7 @@ from recbole.data import create_dataset as recbole_create_dataset
 from recbole.data.dataset import Dataset, SequentialDataset
 from recbole.utils import ModelType
 
-from recbole_gen.data.builtin import ensure_dataset_files
+from recbole_gen.data.builtin import DatasetFormatError, ensure_dataset_files
 from recbole_gen.data.images import ItemImageStore, dataset_folder
 from recbole_gen.files import folder_lock
 
@@ -75,6 +75,18 @@ def create_dataset(config, images=False):
         dataset_class = getattr(importlib.import_module("recbole_gen.data.dataset"), config["model"] + "Dataset", None)
         if dataset_class is None and (images or config["image_policy"] == "skip"):
             dataset_class = IMAGE_DATASETS.get(config["MODEL_TYPE"], ImageDataset)
-        if dataset_class is not None:
-            return dataset_class(config)
-        return recbole_create_dataset(config)
+        try:
+            return dataset_class(config) if dataset_class is not None else recbole_create_dataset(config)
+        except ValueError as error:
+            if "Some feat is empty" not in str(error):
+                raise
+            raise DatasetFormatError(_empty(config)) from None
+
+
+def _empty(config):
+    """What to tell a user whose dataset ends up without interactions (RecBole says "Some feat is empty")."""
+    inter = dataset_folder(config) / f"{config['dataset']}.inter"
+    if inter.is_file() and sum(1 for line in inter.open(encoding=config["encoding"]) if line.strip()) <= 1:
+        return f"{inter} has a header but no interactions: add rows (user, item, timestamp), see docs/data.md"
+    return (f"dataset '{config['dataset']}' in {dataset_folder(config)}: every interaction (or item) was filtered "
+            f"out; check user_inter_num_interval, item_inter_num_interval, val_interval, load_col and image_policy")

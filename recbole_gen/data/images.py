@@ -402,15 +402,15 @@ class _Problems:
         return "; ".join(f"{kind}: {len(v)}" for kind, v in self.by_kind.items())
 
     def message(self, folder):
+        """One line: the count, then per kind the first items and files, then what to do."""
         total = sum(len(v) for v in self.by_kind.values())
-        lines = [f"{total} item image problem(s) in {folder} ({self.summary()}):"]
+        parts = []
         for kind, entries in self.by_kind.items():
             shown = ", ".join(f"item '{t}' -> {d}" for t, d in entries[:SHOW])
             more = f" ... and {len(entries) - SHOW} more" if len(entries) > SHOW else ""
-            lines.append(f"  {kind} ({len(entries)}): {shown}{more}")
-        lines.append("Fix or remove those files, or set image_policy: skip (drop the items) or placeholder "
-                     "(a flat grey image); see docs/data.md.")
-        return "\n".join(lines)
+            parts.append(f"{kind} ({len(entries)}): {shown}{more}")
+        return (f"{total} item image problem(s) in {folder}: {'; '.join(parts)}. Fix or remove those files, or set "
+                f"image_policy: skip (drop the items) or placeholder (a flat grey image); see docs/data.md")
 
 
 def _image_files(folder):

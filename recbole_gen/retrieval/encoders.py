@@ -104,8 +104,9 @@ class PixelEncoder(ImageEncoder):
     """Cosine of ``pixels - catalogue mean image``: without the mean, every emoji on a white or
     transparent background looks alike. :meth:`fit` on the catalogue (items with images) first."""
 
-    def __init__(self, size=None, batch_size=1024, device="cpu", dtype=torch.float32, mean=None):
+    def __init__(self, size=None, batch_size=1024, device="cpu", dtype=torch.float32, mean=None, max_size=None):
         super().__init__(size, batch_size, device, dtype)
+        self.max_size = max_size
         self.mean = None
         if mean is not None:
             self._set_mean(mean)
@@ -124,7 +125,8 @@ class PixelEncoder(ImageEncoder):
         total, count = None, 0
         for batch in batches:
             self._check(batch)
-            batch = resize(batch.float().cpu(), self.size or batch.shape[-1])
+            native = batch.shape[-1] if self.max_size is None else min(batch.shape[-1], self.max_size)
+            batch = resize(batch.float().cpu(), self.size or native)
             total = batch.double().sum(0) if total is None else total + batch.double().sum(0)
             count += batch.shape[0]
         if not count:
@@ -255,7 +257,9 @@ class OpenClipEncoder(ImageEncoder):
 
 @register_encoder("random")
 class RandomConvEncoder(ImageEncoder):
-    """A tiny seeded random conv net (unit tests only; its embeddings mean nothing)."""
+    """A tiny seeded, untrained conv net: low-level colour and layout features. Fast (tests use it); and, measured,
+    the offline encoder whose similarities agree best with the pixel evaluation encoder's, so the RL reward uses it
+    (benchmarks/rl/encoder_agreement.json)."""
 
     def __init__(self, size=32, batch_size=256, device="cpu", dtype=torch.float32, dim=32, seed=0):
         super().__init__(size or 32, batch_size, device, dtype)
@@ -309,7 +313,9 @@ def build_image_encoder_from_config(config, prefix="eval_encoder"):
     name = config[prefix]
     options = {"size": config[f"{prefix}_size"], "batch_size": config[f"{prefix}_batch_size"],
                "device": config[f"{prefix}_device"] or config["device"], "dtype": config[f"{prefix}_dtype"]}
-    if name not in ("pixel", "random"):
+    if name == "pixel":
+        options["max_size"] = config["pixel_encoder_max_size"]
+    elif name != "random":
         options["path"] = config[f"{prefix}_path"]
     if str(name).replace("-", "_").lower() in ("open_clip", "openclip"):
         options["model"] = config[f"{prefix}_model"]

@@ -94,6 +94,6 @@ def _validate(staging, name, tokens, out):
     except ItemImageError as error:
         message = str(error).replace(str(staging), str(out))
         raise DatasetImportError(f"nothing was written to {out}: the item image store rejects the images "
-                                 f"(images/... are copies of the files in the image folder)\n{message}") from None
+                                 f"(images/... are copies of the files in the image folder): {message}") from None
     finally:
         lock_file(staging).unlink(missing_ok=True)  # the store's lock of the staged copy, not of the dataset
