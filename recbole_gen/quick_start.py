@@ -19,6 +19,7 @@ from recbole_gen.checkpoint import checkpoint_config, load_checkpoint, restore_m
 from recbole_gen.config import Config
 from recbole_gen.data import create_dataset, ensure_dataset_files
 from recbole_gen.evaluator import wants_image_metrics
+from recbole_gen.evaluator.intervals import user_values
 from recbole_gen.model.generative import GenerativeRecommender
 from recbole_gen.utils import get_model, get_trainer, init_logger
 
@@ -42,14 +43,29 @@ def _run_rank(rank, model, dataset, config_file_list, config_dict, saved, queue)
     run_recbole(model, dataset, config_file_list, {**config_dict, "local_rank": rank}, saved=saved, queue=queue)
 
 
+def check_settings(config):
+    """Build the typed settings of the run's model and trainer (``settings_class``), so a wrong value (a string for
+    an int, a negative count) stops the run before any work, naming the key."""
+    for part in (get_model(config["model"]), get_trainer(config["MODEL_TYPE"], config["model"], config["stage"])):
+        settings_class = getattr(part, "settings_class", None)
+        if settings_class is not None:
+            settings_class.from_config(config)
+
+
 def needs_images(config):
-    """Whether a run reads item images: a generative model, or image metrics in ``metrics``."""
-    return issubclass(get_model(config["model"]), GenerativeRecommender) or wants_image_metrics(config)
+    """Whether a run reads item images: a generative model, a model that compares them (``uses_item_images``), or
+    image metrics in ``metrics``."""
+    model_class = get_model(config["model"])
+    return (issubclass(model_class, GenerativeRecommender) or getattr(model_class, "uses_item_images", False)
+            or wants_image_metrics(config))
 
 
 def run_recbole(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True, queue=None):
-    """Train on the training split, select on validation, report the test split; RecBole's result dict."""
+    """Train on the training split, select on validation, report the test split; RecBole's result dict, plus the
+    checkpoint, timings, epochs trained and each test user's share of every metric (``test_per_user``, see
+    :func:`recbole_gen.evaluator.intervals.user_values`)."""
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+    check_settings(config)
     ensure_dataset_files(config)  # fail (or build a built-in dataset) before any log is written
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
@@ -88,9 +104,11 @@ def run_recbole(model=None, dataset=None, config_file_list=None, config_dict=Non
         "best_valid_result": best_valid_result,
         "test_result": test_result,
         "model_file": trainer.saved_model_file if saved else None,
+        "epochs": len(trainer.train_loss_dict),
         "train_seconds": trained - started,
         "test_seconds": tested - trained,
         "test_users": len(test_data._dataset.inter_feat),
+        "test_per_user": user_values(trainer.eval_collector.last_struct, config),
     }
     if not config["single_spec"]:
         dist.destroy_process_group()
@@ -115,14 +133,13 @@ def build_model(config, dataset):
 
 
 def build_trainer(config, model, future_data=None):
-    """The model's trainer for ``config['stage']`` (recbole-gen's, else RecBole's), with image evaluation when the
-    model draws or ``metrics`` lists an image metric; ``future_data`` (the test split) gives the validation phase
-    its FutureSim targets."""
+    """The model's trainer for ``config['stage']`` (recbole-gen's, else RecBole's), with image evaluation (a no-op
+    for a ranker without image metrics, whose evaluation it leaves as RecBole's; its collector keeps the last
+    evaluation for per-user values); ``future_data`` (the test split) gives the validation phase its FutureSim
+    targets."""
     from recbole_gen.evaluator.image_evaluation import with_image_evaluation
 
     trainer_class = get_trainer(config["MODEL_TYPE"], config["model"], config["stage"])
-    if not (isinstance(model, GenerativeRecommender) or wants_image_metrics(config)):
-        return trainer_class(config, model)
     trainer = with_image_evaluation(trainer_class)(config, model)
     if future_data is not None:
         trainer.set_future_data(future_data)

@@ -58,7 +58,7 @@ def test_a_wrong_value_names_its_key(key, value, message):
 
 
 def test_a_plain_dict_without_the_yaml_layering_is_refused():
-    with pytest.raises(ConfigError, match="config has no 'lmm_path'.*Config"):
+    with pytest.raises(ConfigError, match="config has no '[a-z_]+'.*Config"):
         GenLMMSettings.from_config({"history_len": 3})
 
 

@@ -46,7 +46,7 @@ def test_run_save_load_generates_identically(data_path, tmp_path, full_run, fine
     keys = list(checkpoint["state_dict"])
     if finetune == "lora":
         assert keys and all(("lora_" in k or "generation_head" in k or "generation_aligner" in k or "content_" in k
-                             or "vqmodel" in k) for k in keys), keys[:8]
+                             or "plan" in k or "vqmodel" in k) for k in keys), keys[:8]
         assert not any(k.endswith("q_proj.base_layer.weight") for k in keys)
     assert not any("vision_model" in k for k in keys)  # frozen parts are rebuilt, not saved ...
     assert any("vqmodel" in k for k in keys)  # ... but the catalogue-trained tokenizer travels with the checkpoint
@@ -125,3 +125,13 @@ def test_rl_stage_from_the_command_line(data_path, full_run, tmp_path):
     checkpoint = load_checkpoint(next(saved.glob("GenLMM-*.pth")))
     assert checkpoint["rl"]["step"] == 2 and checkpoint["rl"]["init_from"] == full_run["model_file"]
     assert checkpoint["config"]["stage"] == "rl"
+
+
+def test_epochs_0_evaluates_an_init_from_checkpoint_as_it_is(data_path, tmp_path, full_run, monkeypatch):
+    """The benchmark's GenLMM-plan row: the SFT checkpoint, not trained further, ranked by its plan head."""
+    monkeypatch.chdir(tmp_path)
+    result = _run(data_path, tmp_path, init_from=full_run["model_file"], epochs=0, gen_rank_by="plan")
+    assert result["epochs"] == 0 and os.path.isfile(result["model_file"])
+    trained, evaluated = load_checkpoint(full_run["model_file"]), load_checkpoint(result["model_file"])
+    assert all(torch.equal(v, evaluated["state_dict"][k]) for k, v in trained["state_dict"].items())
+    assert set(result["test_result"]) == {"hit@10", "ndcg@10"}

@@ -55,16 +55,17 @@ def gtiny(emoji64, tmp_path_factory):
     return write_dataset(root / "data", emoji64), root / "cache"
 
 
-def make_model(gtiny, **overrides):
-    """A tiny GenLMM on the 64-emoji dataset, its artifacts prepared (the VQ trains once, then comes from the cache)."""
+def make_model(gtiny, model_name="GenLMM", **overrides):
+    """A tiny generator (GenLMM, or ``model_name``) on the 64-emoji dataset, its artifacts prepared (the VQ trains
+    once, then comes from the cache)."""
     from recbole_gen.data import create_dataset
-    from recbole_gen.model.genlmm import GenLMM
     from recbole_gen.trainer.artifacts import prepare_artifacts
+    from recbole_gen.utils import get_model
 
     data_path, cache = gtiny
-    config = Config(model="GenLMM", dataset="gtiny", config_dict=recbole_config(data_path, cache_dir=str(cache), **overrides))
+    config = Config(model=model_name, dataset="gtiny", config_dict=recbole_config(data_path, cache_dir=str(cache), **overrides))
     train_data, _, _ = data_preparation(config, create_dataset(config, images=True))
-    model = GenLMM(config, train_data._dataset)
+    model = get_model(model_name)(config, train_data._dataset)
     prepare_artifacts(config, model)
     return model
 
@@ -110,11 +111,11 @@ def write_dataset(parent, emoji64, name="gtiny", n_users=80, length=8, seed=0):
     pixels, names, groups = emoji64
     folder = Path(parent) / name
     (folder / "images").mkdir(parents=True, exist_ok=True)
-    item = ["item_id:token\tname:token_seq"]
+    item = ["item_id:token\tname:token_seq\tgroup:token"]
     for i in range(1, len(names)):
         arr = pixels[i].permute(1, 2, 0).mul(255).round().byte().numpy()
         Image.fromarray(arr).save(folder / "images" / f"e{i}.png")
-        item.append(f"e{i}\t{names[i]}")
+        item.append(f"e{i}\t{names[i]}\t{SUBGROUPS[int(groups[i])]}")
     rows = sorted((i, u, t) for u, seq in enumerate(group_sequences(groups, n_users, length, seed)) for t, i in enumerate(seq))
     assert {i for i, _, _ in rows} == set(range(1, len(names)))
     # rows sorted by item: RecBole numbers items in order of first appearance, so internal id i is emoji e<i>

@@ -68,8 +68,8 @@ def test_sft_loss_falls(emoji64, gtiny):
 def test_history_is_used(emoji64, gtiny):
     _, _, groups = emoji64
     torch.manual_seed(0)
-    core = make_core(gtiny)
-    (train_h, train_t), (test_h, test_t) = _split(groups, copy=True)
+    core = make_core(gtiny, plan="none")  # the drawing's own history path (with a plan, the plan carries the history:
+    (train_h, train_t), (test_h, test_t) = _split(groups, copy=True)  # tests/test_genlmm_plan.py)
     train_core(core, train_h, train_t, steps=200)
     shuffled = [test_h[i] for i in torch.randperm(len(test_h), generator=torch.Generator().manual_seed(0)).tolist()]
     with torch.no_grad():
@@ -93,7 +93,7 @@ def test_lora_and_full_both_train(emoji64, gtiny):
             assert torch.equal(base.base_layer.weight, frozen_before)  # the base stays frozen
             names = set(core.saved_state_dict())
             assert names and all("lora_" in n or "generation_head" in n or "generation_aligner" in n or "content_" in n
-                                 or "vqmodel" in n for n in names), sorted(names)[:10]  # + the catalogue-trained tokenizer
+                                 or "plan" in n or "vqmodel" in n for n in names), sorted(names)[:10]  # + the plan head, the tokenizer
         else:
             assert not torch.equal(base.weight, frozen_before)
 

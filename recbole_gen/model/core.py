@@ -7,8 +7,8 @@ trains in a constructor: the tokenizer weights, the catalogue's image tokens and
 are artifacts that the artifact step (recbole_gen/trainer/artifacts.py) prepares and hands in.
 
 **Content.** An item's content vector is an MLP of its frozen VQ code vectors (what the image looks like)
-plus an embedding of each of its ``content_fields`` values (``.item`` columns such as a category). It
-generalises to items never seen in training.
+plus an embedding of each of its ``content_fields`` values (``.item`` columns such as a category)
+(:mod:`recbole_gen.model.content`, shared with GenDiff). It generalises to items never seen in training.
 
 **History** items enter the prompt in one of three ways (``history_mode``): ``semantic`` (default:
 ``history_tokens_per_item`` tokens from the content MLP), ``vq`` (all the item's image tokens through
@@ -33,6 +33,7 @@ from transformers import DynamicCache
 from recbole_gen.data.images import resize
 from recbole_gen.model import vq as vqlib
 from recbole_gen.model.backbone import build_backbone
+from recbole_gen.model.content import ItemContent
 from recbole_gen.model.decoding import distinct_plans, filter_logits, guide, row_generators, sample
 from recbole_gen.model.prompt import PromptBuilder
 
@@ -42,7 +43,7 @@ NO_PLAN = -1
 PLAN_STREAM = -1  # the "sample index" whose noise stream draws a user's plans (images use 0..n-1)
 
 
-class GenLMMCore(nn.Module):
+class GenLMMCore(ItemContent, nn.Module):
     def __init__(self, settings, item_num, item_texts=None, content=None, item_pixels=None):
         """``settings``: :class:`~recbole_gen.model.genlmm_config.GenLMMSettings`; ``item_num`` rows (row 0 =
         padding); ``item_texts``: titles per row; ``content``: ``{field: (LongTensor[item_num] value ids, 0 = none,
@@ -65,17 +66,13 @@ class GenLMMCore(nn.Module):
         code_dim = self.lmm.config.vq_config.embed_dim * self.num_image_tokens
         with torch.random.fork_rng(devices=[]):  # same init whatever ran before (like the tiny backbone)
             torch.manual_seed(s.base_seed + 1)
-            self.content_proj = nn.Sequential(nn.Linear(code_dim, hidden), nn.GELU(),
-                                              nn.Linear(hidden, s.history_tokens_per_item * hidden)).to(dtype)
-            self.content_fields = nn.ModuleDict()
-            for name, (_, vocabulary) in (content or {}).items():
-                self.content_fields[name] = nn.Embedding(vocabulary + 1, hidden, padding_idx=0).to(dtype)
-                nn.init.normal_(self.content_fields[name].weight, std=0.02)
+            self.init_content(code_dim, hidden, s.history_tokens_per_item, content or {}, dtype)
             if s.plan != "none":
                 self.plan_query = nn.Linear(hidden, hidden).to(dtype)
                 self.null_plan = nn.Parameter(torch.randn(hidden, dtype=dtype) * 0.02)
-        for name, (ids, _) in (content or {}).items():
-            self.register_buffer(f"content_{name}", torch.as_tensor(ids, dtype=torch.long), persistent=False)
+                self.plan_to_image = nn.Linear(hidden, hidden).to(dtype)
+                nn.init.zeros_(self.plan_to_image.weight)  # starts neutral: the plan token alone conditions at first
+                nn.init.zeros_(self.plan_to_image.bias)
         self.register_buffer("plan_code", torch.zeros(item_num, dtype=torch.long))
         self.prompt = PromptBuilder(self.tokenizer, s.instruction, per_item, item_texts, s.use_titles, s.max_title_tokens)
         self.max_length = s.lmm_max_length or self.lmm.config.text_config.max_position_embeddings
@@ -213,24 +210,15 @@ class GenLMMCore(nn.Module):
         text = (self.prompt.max_title_tokens + 2) if self.settings.text_loss_weight else 0
         return text + (1 if self.has_plan else 0)
 
-    def _content_tokens(self, items):
-        """[N, history_tokens_per_item, hidden]: the content MLP of the items' frozen code vectors + field embeddings."""
-        codes = self.vq.quantize.get_codebook_entry(self.tokens_of(items))  # [N, D, g, g]
-        dtype = self.content_proj[0].weight.dtype
-        out = self.content_proj(codes.flatten(1).to(dtype)).view(len(items), self.settings.history_tokens_per_item, -1)
-        for name, table in self.content_fields.items():
-            out = out + table(getattr(self, f"content_{name}")[items]).unsqueeze(1)
-        return out
-
     def content_vectors(self, items):
         """Items [N] -> their content vectors [N, hidden]: the plan head's item vectors and the plan token."""
-        return self._content_tokens(items).mean(1)
+        return self.content_tokens(items).mean(1)
 
     def item_representations(self, items):
         """History items [N] -> their prompt tokens [N, tokens_per_item, hidden]."""
         mode = self.settings.history_mode
         if mode == "semantic":
-            return self._content_tokens(items)
+            return self.content_tokens(items)
         if mode == "vq":
             return self.lmm.prepare_embeddings_for_image_generation(self.tokens_of(items))
         vision = self.lmm.model.vision_model
@@ -285,17 +273,29 @@ class GenLMMCore(nn.Module):
         out = vectors[plans.clamp(min=0)]
         return torch.where((plans < 0).unsqueeze(-1), self.null_plan.to(out.dtype).expand_as(out), out).unsqueeze(1)
 
+    def image_inputs(self, tokens, plan_embeds=None):
+        """Image tokens [N, T] -> input embeddings [N, T, hidden]: Janus's generation embeddings, plus (with a plan)
+        the plan's vector through a learned map at every position, so each token is drawn in sight of its plan."""
+        out = self.lmm.prepare_embeddings_for_image_generation(tokens)
+        if plan_embeds is None:
+            return out
+        return out + self.plan_to_image(plan_embeds.to(self.plan_to_image.weight.dtype)).to(out.dtype)
+
     # ------------------------------------------------------------------ loss
     def forward_logits(self, histories, tokens, plans=None, text=None, prompt=None):
         """One teacher-forced pass in the layout of decoding: left-padded prompt, [plan vector], image tokens
         [, text]. Returns ``(image_logits [N, T, V], plan_logits [N, P] or None, text_logits or None)``."""
         embeds, mask = self.prompt_embeds(histories, prompt)
-        image = self.lmm.prepare_embeddings_for_image_generation(tokens).to(embeds.dtype)
-        pieces, masks, vectors = [embeds], [mask], None
+        pieces, masks, vectors, plan_embeds = [embeds], [mask], None, None
         if self.has_plan:
+            if plans is None:
+                raise ValueError(f"this model plans before it draws (plan: {self.settings.plan}): give each row's plan "
+                                 f"(an item id or code, or {NO_PLAN} for the null plan)")
             vectors = self.plan_vectors()
-            pieces.append(self.plan_inputs(plans, vectors).to(embeds.dtype))
+            plan_embeds = self.plan_inputs(plans, vectors).to(embeds.dtype)
+            pieces.append(plan_embeds)
             masks.append(torch.ones_like(mask[:, :1]))
+        image = self.image_inputs(tokens, plan_embeds).to(embeds.dtype)
         feed = image if text is not None else image[:, :-1]
         pieces.append(feed)
         masks.append(torch.ones_like(tokens[:, :feed.shape[1]]))
@@ -366,9 +366,10 @@ class GenLMMCore(nn.Module):
 
     @torch.no_grad()
     def generate_tokens(self, histories, num_samples=1, guidance_scale=0.0, temperature=1.0, top_k=0, top_p=1.0,
-                        seed=0, use_cache=True, plan_temperature=1.0, plans=None):
+                        seed=0, use_cache=True, plan_temperature=1.0, plans=None, prompt=None):
         """Draw ``num_samples`` images per history (lists of item ids, oldest first). Returns ``(tokens [B, n,
-        grid*grid], plans [B, n])``; ``plans`` may be given ``[B, n]`` to draw chosen items (e.g. a redraw)."""
+        grid*grid], plans [B, n])``; ``plans`` may be given ``[B, n]`` to draw chosen items (e.g. a redraw);
+        ``prompt``: another :class:`PromptBuilder` (the catalogue pre-training's instruction)."""
         self._require_tokens()
         n_users = len(histories)
         rows = [h for h in histories for _ in range(num_samples)]
@@ -378,7 +379,7 @@ class GenLMMCore(nn.Module):
         generators = row_generators(seed, rows, sample_index)
 
         # 1. the prompts (and, with guidance, the unconditional ones: no history, no plan)
-        embeds, mask = self.prompt_embeds(rows + [[] for _ in rows] if guided else rows)
+        embeds, mask = self.prompt_embeds(rows + [[] for _ in rows] if guided else rows, prompt)
         cache = DynamicCache(config=self.lmm.config.text_config) if use_cache else None
         position = (mask.cumsum(-1) - 1).clamp(min=0)
         hidden = self._lm(embeds, mask, cache=cache, position_ids=position).last_hidden_state[:, -1]
@@ -386,6 +387,7 @@ class GenLMMCore(nn.Module):
 
         # 2. the plan: given, or sampled from the plan head (distinct plans across a user's samples)
         chosen = torch.full((n,), NO_PLAN, dtype=torch.long, device=embeds.device)
+        plan_embeds = None
         if self.has_plan:
             vectors = self.plan_vectors()
             if plans is None:
@@ -394,12 +396,12 @@ class GenLMMCore(nn.Module):
                 plans = distinct_plans(logits, num_samples, plan_temperature, user_generators)
             chosen = torch.as_tensor(plans, device=embeds.device).reshape(-1)
             plan_rows = torch.cat([chosen, torch.full_like(chosen, NO_PLAN)]) if guided else chosen
-            inputs = self.plan_inputs(plan_rows, vectors).to(embeds.dtype)
+            plan_embeds = self.plan_inputs(plan_rows, vectors).to(embeds.dtype)
             full_mask = torch.cat([full_mask, torch.ones_like(full_mask[:, :1])], 1)
             if use_cache:
-                hidden = self._lm(inputs, full_mask, cache=cache, position_ids=next_position).last_hidden_state[:, -1]
+                hidden = self._lm(plan_embeds, full_mask, cache=cache, position_ids=next_position).last_hidden_state[:, -1]
             else:
-                full_embeds = torch.cat([full_embeds, inputs], 1)
+                full_embeds = torch.cat([full_embeds, plan_embeds], 1)
                 hidden = self._lm(full_embeds, full_mask).last_hidden_state[:, -1]
             next_position = next_position + 1
 
@@ -412,8 +414,7 @@ class GenLMMCore(nn.Module):
             tokens[:, step] = token
             if step == steps - 1:
                 break
-            inputs = self.lmm.prepare_embeddings_for_image_generation((token.repeat(2) if guided else token)[:, None])
-            inputs = inputs.to(embeds.dtype)
+            inputs = self.image_inputs((token.repeat(2) if guided else token)[:, None], plan_embeds).to(embeds.dtype)
             full_mask = torch.cat([full_mask, torch.ones_like(full_mask[:, :1])], 1)
             if use_cache:
                 hidden = self._lm(inputs, full_mask, cache=cache, position_ids=next_position + step).last_hidden_state[:, -1]

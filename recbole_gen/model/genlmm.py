@@ -12,16 +12,19 @@ Only ``item_id_list`` / ``item_length`` are read to generate or rank (never the 
 """
 import torch
 
+from recbole_gen.model.content import content_ids
 from recbole_gen.model.core import RL_ADAPTER, GenLMMCore, count_parameters
 from recbole_gen.model.generative import Generation, GenerativeRecommender
 from recbole_gen.model.genlmm_config import GenLMMSettings
 
 
 class GenLMM(GenerativeRecommender):
+    settings_class = GenLMMSettings
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.settings = GenLMMSettings.from_config(config)
-        content = {field: self._content_ids(field) for field in self.settings.content_fields}
+        content = {field: content_ids(self.store, field) for field in self.settings.content_fields}
         self.core = GenLMMCore(self.settings, dataset.item_num, self.store.item_texts(), content,
                                item_pixels=self.store.pixels)
         if config["stage"] == "rl" and self.settings.finetune == "lora":
@@ -36,12 +39,6 @@ class GenLMM(GenerativeRecommender):
 
     def set_item_tokens(self, tokens):
         self.core.set_item_tokens(tokens)
-
-    def _content_ids(self, field):
-        values = self.store.item_column(field)
-        vocabulary = sorted({v for v in values[1:] if v})
-        index = {v: k + 1 for k, v in enumerate(vocabulary)}
-        return torch.tensor([index.get(v, 0) if i else 0 for i, v in enumerate(values)]), len(vocabulary)
 
     def __repr__(self):
         s, core = self.settings, self.core

@@ -200,8 +200,9 @@ def _pretrain(cache, settings, core, info, catalogue):
                  "plan_loss_weight", "plan_temperature", "num_samples", "guidance_scale", "temperature", "top_k", "top_p",
                  "use_kv_cache", "generation_seed", "generation_batch_size"}
     model = {k: v for k, v in core.settings.as_dict().items() if k not in unrelated}
-    key = digest({"run": run, "model": model, "tokenizer": info.get("tokens"), "catalogue": catalogue,
-                  "codes": core.plan_code.tolist() if core.settings.plan == "semantic" else None})
+    parameters = {name: list(value.shape) for name, value in core.saved_state_dict().items()}  # a new layer: a new key
+    key = digest({"run": run, "model": model, "parameters": parameters, "tokenizer": info.get("tokens"),
+                  "catalogue": catalogue, "codes": core.plan_code.tolist() if core.settings.plan == "semantic" else None})
 
     def build():
         result = pretrain(core, settings.pretrain_steps, settings.pretrain_batch_size, settings.pretrain_learning_rate,
