@@ -2,6 +2,7 @@
 start with a bounded KL, checkpoints reload through RecBole's contract, resume continues the same
 stream, and a NaN reward stops the run keeping the last good checkpoint."""
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ def _cfg(data_path, **overrides):
 
 RL = dict(rl_batch_size=8, rl_group_size=4, rl_learning_rate=2e-3, rl_kl_coef=0.02, rl_target_weight=1.0,
           rl_recommender_weight=0.0, rl_diversity_weight=0.0, rl_save_every=5, rl_log_every=0, rl_seed=1,
-          rl_temperature=1.0)  # the seeded learning curve below was measured with T = 1
+          rl_temperature=1.0, rl_reward_encoder="pixel")  # the seeded learning curve below was measured so
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +43,8 @@ def sft(tmp_path_factory, emoji64, gtiny):
 def _setup(sft, tmp_path, **overrides):
     data_path, cache, model_file = sft
     config = Config(model="GenLMM", dataset="gtiny", config_dict=_cfg(
-        data_path, cache_dir=str(cache), checkpoint_dir=str(tmp_path / "saved"), stage="rl", init_from=model_file,
-        **{**RL, **overrides}))
+        data_path, cache_dir=str(cache), checkpoint_dir=str(tmp_path / "saved"), init_from=model_file,
+        **{**RL, "stage": "rl", **overrides}))
     dataset = create_dataset(config, images=True)
     train_data, valid_data, test_data = data_preparation(config, dataset)
     torch.manual_seed(0)
@@ -61,7 +62,8 @@ def one_thread():
 
 class FavouriteItem:
     """A stand-in recommender that is sure every user wants one item (the tram car, e58): the recommender reward
-    then asks the policy to draw that emoji, a signal a few dozen steps of the tiny model can follow."""
+    (the share of an image's 10 nearest items that is the tram car) then asks the policy to draw that emoji, a
+    signal a few dozen steps of the tiny model can follow."""
 
     source = "stub"
 
@@ -86,13 +88,16 @@ def test_rl_raises_training_reward_with_bounded_kl(sft, tmp_path, one_thread):
     from recbole_gen.trainer.rewards import RewardSet
 
     catalogue = ImageCatalogue.from_config(config, model.store, prefix="rl_reward_encoder")
-    trainer.rewards = RewardSet(catalogue, {"recommender": 1.0}, recommender=FavouriteItem(catalogue.item_num, train_data._dataset.token2id("item_id", "e58")))
+    favourite = FavouriteItem(catalogue.item_num, train_data._dataset.token2id("item_id", "e58"))
+    trainer.rewards = RewardSet(catalogue, {"recommender": 1.0}, recommender=favourite, recommender_k=10)
     trainer.fit(train_data, valid_data=None, saved=True)
     rewards = [r["reward"] for r in trainer.rl_history]
-    start, end = sum(rewards[:8]) / 8, sum(rewards[-8:]) / 8
+    # reward = (1/10) x [the tram car is among the image's 10 nearest items]: 10 x reward is the share of images
+    # that show something the recommender wants (measured: 0.43 over the first 8 steps, 0.75 over the last 8)
+    start, end = 10 * sum(rewards[:8]) / 8, 10 * sum(rewards[-8:]) / 8
     assert len(rewards) == 40 and all(k in trainer.rl_history[0] for k in
                                       ("reward_recommender", "kl", "entropy", "clip_fraction", "step_seconds"))
-    assert end > start + 0.04, (start, end)
+    assert end > start + 0.2, (start, end)
     assert max(r["kl"] for r in trainer.rl_history) < 1.5, [round(r["kl"], 3) for r in trainer.rl_history]
     assert trainer.rl_history[0]["kl"] < 0.05  # the first step starts at the reference (KL logged after 4 updates)
     # TensorBoard got every step's scalars
@@ -200,18 +205,46 @@ def test_lora_rl_trains_a_fresh_adapter_whose_absence_is_the_reference(tmp_path,
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(".rl." in n for n in trainable)
     sft_model = load_data_and_model(sft_file)[1].eval()
-    histories, tokens = [[1, 2, 3], [5]], model.core.tokens_of(torch.tensor([4, 6]))
+    histories, plans = [[1, 2, 3], [5]], torch.tensor([4, 6])
+    tokens = model.core.tokens_of(plans)
     with torch.no_grad():
-        sft_logp = sft_model.core.token_logprobs(histories, tokens)[0]
-        assert torch.allclose(model.core.token_logprobs(histories, tokens)[0], sft_logp, atol=1e-5)  # starts at SFT
+        sft_logp = sft_model.core.token_logprobs(histories, tokens, plans)[0]
+        assert torch.allclose(model.core.token_logprobs(histories, tokens, plans)[0], sft_logp, atol=1e-5)  # starts at SFT
     trainer.fit(train_data, saved=True)
     with torch.no_grad():
-        moved = model.core.token_logprobs(histories, tokens)[0]
+        moved = model.core.token_logprobs(histories, tokens, plans)[0]
         with trainer.reference_policy() as reference:
-            ref = reference.token_logprobs(histories, tokens)[0]
+            ref = reference.token_logprobs(histories, tokens, plans)[0]
     assert not torch.allclose(moved, sft_logp, atol=1e-4) and torch.allclose(ref, sft_logp, atol=1e-5)
     saved = load_checkpoint(trainer.saved_model_file)["state_dict"]
     assert any(".rl." in k for k in saved) and any(".default." in k for k in saved)
     _, again, *_ = load_data_and_model(trainer.saved_model_file)
     a = model.generate(histories=histories, num_samples=2, seed=1).tokens
     assert torch.equal(again.generate(histories=histories, num_samples=2, seed=1).tokens, a)
+
+
+@pytest.mark.parametrize("stage", ["raft", "dpo"])
+def test_raft_and_dpo_stages_learn_from_the_rewards_and_checkpoint(sft, tmp_path, stage):
+    """RAFT fine-tunes on each row's best-scored sample; DPO on (best, worst) pairs of the SFT model's samples."""
+    config, model, train_data, *_ = _setup(sft, tmp_path, stage=stage, rl_steps=3, rl_save_every=0)
+    trainer = build_trainer(config, model)
+    assert type(trainer).__name__.startswith(f"GenLMM{stage.upper()}Trainer")
+    trainer.rewards = trainer.build_rewards(train_data)
+    real = trainer.rewards.__call__
+    seen = []
+
+    def recorded(rollout):
+        parts, total = real(rollout)
+        seen.append(total)
+        return parts, total
+
+    trainer.rewards = type("R", (), {"__call__": staticmethod(recorded)})()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer.fit(train_data, saved=True)
+    assert len(trainer.rl_history) == 3 and all(math.isfinite(r["loss"]) for r in trainer.rl_history)
+    if stage == "raft":  # it trained on the best sample of each row
+        assert [r["chosen_reward"] for r in trainer.rl_history] == pytest.approx([t.max(1).values.mean().item() for t in seen])
+    else:
+        assert all(0 < r["pairs"] <= 8 for r in trainer.rl_history)
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert load_checkpoint(trainer.saved_model_file)["rl"]["step"] == 3

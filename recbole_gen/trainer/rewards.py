@@ -8,15 +8,20 @@ Shapes: ``B`` users, ``G`` samples per user (the group), ``D`` embedding width, 
 reward          value per sample                                                               range
 ==============  =============================================================================  =========
 ``target``      cosine to the user's true next (training) item                                [-1, 1]
-``recommender`` sum_i softmax_i(cos(sample, item_i) / T) * p_rec(i | history) / max_i p_rec    [0, 1]
+``recommender`` p_rec(i | history) / max_j p_rec(j | history), i the sample's nearest catalogue    [0, 1]
+                item (mean over the ``rl_recommender_k`` nearest): hard retrieval
+``plan``        the same for the sample's plan (a semantic code: its items' summed probability)  [0, 1]
 ``history``     mean cosine to the user's history items (0 without history)                   [-1, 1]
 ``diversity``   penalty: max over the group's other samples of relu((cos - t) / (1 - t))      [0, 1]
 ``oracle``      simulator utility of the sample's nearest catalogue item (emoji-seq only)     [0, 1]
 ==============  =============================================================================  =========
 
-``total = sum_k sign_k * weight_k * reward_k``; penalties (``diversity``) enter with a minus sign.
+``total = sum_k sign_k * weight_k * reward_k``; penalties (``diversity``) enter with a minus sign. With
+``rl_normalise_rewards`` each reward is first normalised within its group (:func:`group_normalise`), so a
+weight means the same whatever the reward's scale.
 """
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -49,23 +54,33 @@ def history_reward(sample_emb, history_emb, history_mask):
     return (sims * mask).sum(-1) / mask.sum(-1).clamp(min=1)
 
 
-def recommender_reward(sample_emb, catalogue_emb, item_probs, valid=None, temperature=0.05, normalise=True):
-    """Soft retrieval through a recommender: ``sum_i softmax_i(cos(sample, item_i) / temperature) * p(i)``.
-
-    ``catalogue_emb [N, D]``; ``item_probs [B, N]`` the recommender's next-item distribution per user;
-    ``valid [N]`` bool (items that can be retrieved: with an image, not padding). With ``normalise``
-    the value is divided by the user's largest ``p(i)`` over valid items, so it lies in [0, 1] and an
-    image that is exactly the recommender's favourite item scores close to 1 whatever the user.
-    """
-    sims = torch.einsum("bgd,nd->bgn", sample_emb, catalogue_emb) / float(temperature)
+def recommender_reward(nearest, item_probs, valid=None):
+    """Hard retrieval through a recommender: ``nearest [B, G, k]`` catalogue items (each sample's k nearest under the
+    reward encoder), ``item_probs [B, N]`` the recommender's next-item distribution per user, ``valid [N]`` the items
+    that can be shown -> ``[B, G]``: the mean over the k items of ``p(item) / max p`` (the user's own scale), so an
+    image whose nearest item is the recommender's favourite scores 1 whatever the user."""
     probs = item_probs.float()
     if valid is not None:
-        sims = sims.masked_fill(~valid.view(1, 1, -1), float("-inf"))
         probs = probs.masked_fill(~valid.view(1, -1), 0.0)
-    reward_ = torch.einsum("bgn,bn->bg", sims.softmax(-1), probs)
-    if normalise:
-        reward_ = reward_ / probs.max(-1, keepdim=True).values.clamp(min=1e-12)
-    return reward_
+    relative = probs / probs.max(-1, keepdim=True).values.clamp(min=1e-12)
+    return relative.gather(1, nearest.clamp(min=0).flatten(1)).view(nearest.shape).masked_fill(nearest < 0, 0).mean(-1)
+
+
+def plan_reward(plans, item_probs, codes=None):
+    """``plans [B, G]`` (items, or semantic codes with ``codes [N]`` each item's code) -> ``[B, G]``: the plan's
+    probability under the recommender (a code: its items' summed probability) over the user's best plan's."""
+    probs = item_probs.float()
+    if codes is not None:
+        probs = probs.new_zeros(len(probs), int(codes.max()) + 1).index_add_(1, codes, probs)
+    return probs.gather(1, plans.clamp(min=0)) / probs.max(-1, keepdim=True).values.clamp(min=1e-12)
+
+
+def group_normalise(values, eps=1e-6):
+    """``[B, G]`` -> ``(v - mean) / (std + eps)`` within each row's group (population std); a group whose std is
+    below ``eps`` (all equal) gets 0, never a division by 0. GRPO's advantages, and per-reward normalisation."""
+    mean = values.mean(-1, keepdim=True)
+    std = values.std(-1, unbiased=False, keepdim=True)
+    return torch.where(std < eps, torch.zeros_like(values), (values - mean) / (std + eps))
 
 
 def diversity_penalty(sample_emb, threshold=0.9):
@@ -99,10 +114,11 @@ def combine(components, weights):
 # --------------------------------------------------------------------------- one step, as the rewards see it
 @dataclass
 class Rollout:
-    """One step's samples: ``pixels [B, G, 3, S, S]``, the users' internal ids ``[B]``, histories as
-    RecBole's ``item_seq [B, L]`` / ``item_len [B]``, true next items ``[B]``."""
+    """One step's samples: ``pixels [B, G, 3, S, S]``, their ``plans [B, G]`` (-1 without a plan), the users'
+    internal ids ``[B]``, histories as RecBole's ``item_seq [B, L]`` / ``item_len [B]``, true next items ``[B]``."""
 
     pixels: torch.Tensor
+    plans: torch.Tensor
     user_ids: torch.Tensor
     item_seq: torch.Tensor
     item_len: torch.Tensor
@@ -112,11 +128,21 @@ class Rollout:
 @dataclass
 class RewardStep:
     """What every reward function reads: the rollout, its samples' embeddings ``[B, G, D]`` under the reward
-    encoder, and the :class:`RewardSet` (catalogue, recommender, simulator, settings)."""
+    encoder, and the :class:`RewardSet` (catalogue, recommender, simulator, settings); what two rewards share
+    (the recommender's probabilities, the samples' nearest items) is computed once."""
 
     rollout: Rollout
     emb: torch.Tensor
     rewards: "RewardSet"
+
+    @cached_property
+    def recommender_probs(self):
+        return self.rewards.recommender.probs(self.rollout.item_seq.cpu(), self.rollout.item_len.cpu())
+
+    def nearest(self, k):
+        batch, group = self.emb.shape[:2]
+        _, items = self.rewards.catalogue.index.search(self.emb.reshape(batch * group, -1), k)
+        return torch.as_tensor(items).reshape(batch, group, k)
 
 
 @reward("target")
@@ -126,9 +152,15 @@ def _target(step):
 
 @reward("recommender")
 def _recommender(step):
-    r = step.rewards
-    probs = r.recommender.probs(step.rollout.item_seq.cpu(), step.rollout.item_len.cpu())
-    return recommender_reward(step.emb, r.catalogue.embeddings, probs, r.catalogue.has_image, r.recommender_temperature)
+    return recommender_reward(step.nearest(step.rewards.recommender_k), step.recommender_probs,
+                              step.rewards.catalogue.has_image)
+
+
+@reward("plan")
+def _plan(step):
+    if (step.rollout.plans < 0).all():
+        raise ValueError("rl_plan_weight > 0 rewards the plan, but this GenLMM has none: set plan: item or semantic")
+    return plan_reward(step.rollout.plans.cpu(), step.recommender_probs, step.rewards.plan_codes)
 
 
 @reward("history")
@@ -149,8 +181,7 @@ def _diversity(step):
 def _oracle(step):
     r, rollout = step.rewards, step.rollout
     batch, group = step.emb.shape[:2]
-    _, nearest = r.catalogue.index.search(step.emb.reshape(batch * group, -1), 1)
-    nearest = torch.as_tensor(nearest).reshape(batch, group).clamp(min=0)
+    nearest = step.nearest(1).reshape(batch, group).clamp(min=0)
     # positions: the target's index in the user's sequence = its history length (capped by
     # MAX_ITEM_LIST_LENGTH for very long users: an approximation there)
     positions = rollout.item_len.cpu().repeat_interleave(group).numpy()
@@ -167,19 +198,19 @@ class RewardSet:
     ``simulator``: ``recbole_gen.data.simulator`` utility (needed for ``oracle``).
     """
 
-    def __init__(self, catalogue, weights, recommender=None, simulator=None, recommender_temperature=0.05,
-                 diversity_threshold=0.9, history_len=5):
+    def __init__(self, catalogue, weights, recommender=None, simulator=None, recommender_k=1, diversity_threshold=0.9,
+                 history_len=5, normalise=False, plan_codes=None):
         unknown = {k for k, v in weights.items() if float(v)} - set(REWARDS)
         if unknown:
             raise ValueError(f"unknown RL reward(s) {sorted(unknown)}; known: {', '.join(REWARDS)}")
         self.catalogue = catalogue
         self.weights = {k: float(v) for k, v in weights.items() if float(v)}
-        self.recommender, self.simulator = recommender, simulator
-        self.recommender_temperature = float(recommender_temperature)
-        self.diversity_threshold = float(diversity_threshold)
-        self.history_len = int(history_len)
-        if "recommender" in self.weights and recommender is None:
-            raise ValueError("rl_recommender_weight > 0 needs a recommender (reward_recommender_file or on-demand SASRec)")
+        self.recommender, self.simulator, self.plan_codes = recommender, simulator, plan_codes
+        self.recommender_k, self.diversity_threshold = int(recommender_k), float(diversity_threshold)
+        self.history_len, self.normalise = int(history_len), bool(normalise)
+        if {"recommender", "plan"} & set(self.weights) and recommender is None:
+            raise ValueError("rl_recommender_weight or rl_plan_weight > 0 needs a recommender (reward_recommender_file "
+                             "or an on-demand SASRec)")
         if "oracle" in self.weights and simulator is None:
             raise ValueError("rl_oracle_weight > 0 needs a dataset with a saved user simulator (emoji-seq)")
         if not self.weights:
@@ -187,9 +218,11 @@ class RewardSet:
 
     @torch.no_grad()
     def __call__(self, rollout):
-        """-> ``(components: {name: [B, G]}, total [B, G])`` (only rewards with a weight)."""
+        """-> ``(components: {name: [B, G]}, total [B, G])`` (only rewards with a weight; components raw, the total
+        from normalised ones with ``normalise``)."""
         batch, group = rollout.pixels.shape[:2]
         emb = self.catalogue.encode(rollout.pixels.flatten(0, 1).float()).view(batch, group, -1).cpu()
         step = RewardStep(rollout, emb, self)
         components = {name: REWARDS[name][0](step) for name in self.weights}
-        return components, combine(components, self.weights)
+        weighted = {k: group_normalise(v) for k, v in components.items()} if self.normalise else components
+        return components, combine(weighted, self.weights)

@@ -1,25 +1,26 @@
-"""Stage 2 of GenLMM: online RL with group-relative policy optimisation (docs/rl.md).
+"""Stage 2 of GenLMM: online learning from rewards (docs/rl.md), three ways, each a ``--stage``:
 
     run_recbole --model=GenLMM --dataset=emoji-seq --stage=rl --init_from=saved/GenLMM-<sft>.pth \
-        [--reward_recommender_file=saved/SASRec-<...>.pth]
+        [--reward_recommender_file=saved/SASRec-<...>.pth]          # or --stage=raft, --stage=dpo
 
-One step (:meth:`GenLMMRLTrainer._rl_step`):
+Every step (:meth:`RolloutTrainer._rl_step`) draws ``rl_batch_size`` training rows (history -> next item) with the
+trainer's own seeded generator, samples ``rl_group_size`` images per row (with a plan head, each image's plan is
+sampled too and is part of the action), scores them with the rewards (:mod:`recbole_gen.trainer.rewards`), then
+updates the policy:
 
-1. ``rl_batch_size`` training rows (history -> next item) drawn with the trainer's own seeded generator;
-2. ``rl_group_size`` images per row from the current policy (``rl_temperature``, ``rl_guidance_scale``); with a
-   plan head, each image's plan is sampled too and is part of the action;
-3. rewards (:mod:`recbole_gen.trainer.rewards`) and group-normalised advantages
-   ``(r - mean_group) / std_group`` (0 for a constant group);
-4. ``rl_inner_epochs`` updates of the clipped policy-gradient loss on the sampled plan's and image tokens'
-   log-probabilities plus ``rl_kl_coef`` x KL(policy || reference) on both, the reference being the SFT model
-   (``init_from``). With ``finetune: lora`` the RL stage trains a fresh LoRA adapter over the frozen SFT
-   adapter and the reference is the same model with that adapter switched off
-   (:meth:`GenLMMCore.reference_policy`); with ``finetune: full`` it is a frozen copy of the SFT weights.
+* ``rl`` (:class:`GenLMMRLTrainer`, GRPO): group-normalised advantages, ``rl_inner_epochs`` updates of the clipped
+  policy-gradient loss on the log-probabilities of the plan and the image tokens plus ``rl_kl_coef`` x
+  KL(policy || reference) on both;
+* ``raft`` (:class:`GenLMMRAFTTrainer`, rejection-sampling fine-tuning): the SFT loss on each row's best-scored sample;
+* ``dpo`` (:class:`GenLMMDPOTrainer`): samples drawn from the frozen SFT model, each row's best and worst make a
+  chosen/rejected pair, DPO's loss with ``rl_dpo_beta``.
 
-The policy's log-probabilities are those of the conditional model at the rollout temperatures
-(``log_softmax(logits / rl_temperature)``, plans at ``plan_temperature``); with guidance or top-k/top-p in the
-rollouts the samples come from a slightly different distribution than the one scored (documented in docs/rl.md).
-Rollouts and updates run with the model in eval mode (no dropout), so the first inner epoch's ratio is exactly 1.
+The reference (the SFT model loaded from ``init_from``) is, with ``finetune: lora``, the same model with the RL
+adapter switched off (:meth:`GenLMMCore.reference_policy`); with ``finetune: full`` a frozen copy. Policy
+log-probabilities are the conditional model's at the rollout temperatures (``log_softmax(logits / rl_temperature)``,
+plans at ``plan_temperature``; RAFT and DPO score at temperature 1, as SFT does); with guidance or top-k/top-p in
+the rollouts the samples come from a slightly different distribution than the one scored (docs/rl.md). Rollouts
+and updates run in eval mode (no dropout), so the first inner epoch's ratio is exactly 1.
 """
 import contextlib
 import copy
@@ -35,12 +36,12 @@ from recbole_gen.checkpoint import load_checkpoint, save_checkpoint
 from recbole_gen.config import Settings, plain_config
 from recbole_gen.trainer.genlmm import GenLMMTrainer
 from recbole_gen.trainer.loop import OptimizerSteps
-from recbole_gen.trainer.rewards import REWARDS, Rollout, RewardSet
+from recbole_gen.trainer.rewards import REWARDS, Rollout, RewardSet, group_normalise
 
 
 @dataclass(frozen=True)
 class RLSettings(Settings):
-    """The RL stage's keys (defaults and meanings in properties/model/GenLMM.yaml)."""
+    """The RL stages' keys (defaults and meanings in properties/model/GenLMM.yaml)."""
 
     init_from: Optional[str]
     rl_steps: int
@@ -50,18 +51,21 @@ class RLSettings(Settings):
     rl_learning_rate: float
     rl_clip_eps: float
     rl_kl_coef: float
+    rl_dpo_beta: float
     rl_temperature: float
     rl_guidance_scale: float
     rl_top_k: int
     rl_top_p: float
     rl_advantage_eps: float
+    rl_normalise_rewards: bool
     rl_target_weight: float
     rl_recommender_weight: float
+    rl_plan_weight: float
     rl_history_weight: float
     rl_diversity_weight: float
     rl_oracle_weight: float
     rl_reward_encoder: str
-    rl_recommender_temperature: float
+    rl_recommender_k: int
     rl_diversity_threshold: float
     reward_recommender_file: Optional[str]
     rl_recommender_epochs: int
@@ -73,9 +77,10 @@ class RLSettings(Settings):
 
     def check(self):
         self.require(self.rl_temperature > 0, "rl_temperature", "> 0 (RL needs sampled, not greedy, rollouts)")
-        for key in ("rl_steps", "rl_batch_size", "rl_group_size", "rl_inner_epochs"):
+        for key in ("rl_steps", "rl_batch_size", "rl_group_size", "rl_inner_epochs", "rl_recommender_k"):
             self.require(getattr(self, key) >= 1, key, ">= 1")
-        for key in ("rl_learning_rate", "rl_clip_eps", "rl_kl_coef", "rl_grad_clip", "rl_save_every", "rl_log_every"):
+        for key in ("rl_learning_rate", "rl_clip_eps", "rl_kl_coef", "rl_dpo_beta", "rl_grad_clip", "rl_save_every",
+                    "rl_log_every"):
             self.require(getattr(self, key) >= 0, key, ">= 0")
         self.require(0 < self.rl_top_p <= 1, "rl_top_p", "in (0, 1]")
 
@@ -89,12 +94,8 @@ class RLDivergenceError(RuntimeError):
 
 # --------------------------------------------------------------------------- the loss, piece by piece
 def group_advantages(rewards, eps=1e-6):
-    """``[B, G]`` rewards -> advantages ``(r - mean) / (std + eps)`` within each row's group (population
-    std). A group whose std is below ``eps`` (constant reward) gets advantage 0, never a division by 0."""
-    mean = rewards.mean(-1, keepdim=True)
-    std = rewards.std(-1, unbiased=False, keepdim=True)
-    adv = (rewards - mean) / (std + eps)
-    return torch.where(std < eps, torch.zeros_like(adv), adv)
+    """``[B, G]`` rewards -> GRPO's advantages: rewards normalised within each row's group (a constant group: 0)."""
+    return group_normalise(rewards, eps)
 
 
 def clipped_policy_loss(logp, old_logp, advantages, clip_eps=0.2, mask=None):
@@ -121,10 +122,21 @@ def kl_penalty(logp, ref_logp):
     return torch.exp(d) - d - 1
 
 
-# --------------------------------------------------------------------------- the trainer
-class GenLMMRLTrainer(GenLMMTrainer):
-    """GRPO-style RL for GenLMM after SFT; RecBole's trainer contract (``fit``/``evaluate``/checkpoints).
-    The quick start loads ``init_from`` into the model before the trainer is built."""
+def dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta):
+    """DPO's loss on sequence log-probabilities ``[P]`` of chosen and rejected samples under the policy and the
+    reference: ``-log sigmoid(beta * ((chosen - ref_chosen) - (rejected - ref_rejected)))``, mean over pairs.
+    Returns ``(loss, margin, accuracy)`` (the implicit reward margin and the share of pairs it orders right)."""
+    margin = beta * ((chosen - ref_chosen) - (rejected - ref_rejected))
+    return -torch.nn.functional.logsigmoid(margin).mean(), margin.mean().detach(), (margin > 0).float().mean()
+
+
+# --------------------------------------------------------------------------- the trainers
+class RolloutTrainer(GenLMMTrainer):
+    """What every RL stage shares: rows, rollouts, rewards, the reference policy, logging, checkpoints and resume,
+    RecBole's trainer contract (``fit``/``evaluate``). Subclasses implement :meth:`_update`. The quick start loads
+    ``init_from`` into the model before the trainer is built."""
+
+    settings_class = RLSettings
 
     def __init__(self, config, model):
         super().__init__(config, model)
@@ -133,9 +145,9 @@ class GenLMMRLTrainer(GenLMMTrainer):
             raise ValueError("rl_oracle_weight > 0 trains on the simulator's utility, so OracleUtility is no longer a "
                              "held-out metric: remove it from metrics or set rl_oracle_weight: 0")
         if not self.rl.init_from:
-            self.logger.warning(set_color("stage=rl without init_from: RL starts from (and is leashed to) an untrained "
-                                          "GenLMM", "yellow"))
-        # the KL reference: LoRA switches the RL adapter off; full fine-tuning keeps a frozen copy of the SFT weights
+            self.logger.warning(set_color(f"stage={config['stage']} without init_from: it starts from (and is leashed "
+                                          f"to) an untrained GenLMM", "yellow"))
+        # the reference: LoRA switches the RL adapter off; full fine-tuning keeps a frozen copy of the SFT weights
         self.reference = None if model.core.has_rl_adapter else copy.deepcopy(model.core).eval().requires_grad_(False)
         self.optimizer = self._build_optimizer(learning_rate=self.rl.rl_learning_rate)
         self.rl_optimizer = OptimizerSteps(self.optimizer, self.model.parameters(), grad_clip=self.rl.rl_grad_clip)
@@ -155,7 +167,7 @@ class GenLMMRLTrainer(GenLMMTrainer):
         weights = rl.weights()
         catalogue = ImageCatalogue.from_config(self.config, model.store, prefix="rl_reward_encoder")
         recommender = simulator = None
-        if weights["recommender"]:
+        if weights["recommender"] or weights["plan"]:
             if rl.reward_recommender_file:
                 recommender = load_recommender(rl.reward_recommender_file, train_data._dataset, device=self.device)
             else:
@@ -167,56 +179,56 @@ class GenLMMRLTrainer(GenLMMTrainer):
             simulator = load_simulator(self.config, train_data._dataset)
         self.logger.info(f"RL rewards: {', '.join(f'{k}={v:g}' for k, v in weights.items() if v)}; reward encoder "
                          f"{catalogue.encoder.describe()} (evaluation encoder: {self.config['eval_encoder']})")
-        return RewardSet(catalogue, weights, recommender, simulator, rl.rl_recommender_temperature,
-                         rl.rl_diversity_threshold, history_len=model.settings.history_len)
+        codes = model.core.plan_code if model.settings.plan == "semantic" else None
+        return RewardSet(catalogue, weights, recommender, simulator, rl.rl_recommender_k, rl.rl_diversity_threshold,
+                         history_len=model.settings.history_len, normalise=rl.rl_normalise_rewards, plan_codes=codes)
 
     # ------------------------------------------------------------------ one step
+    def rollout_policy(self):
+        """The policy the samples come from: the current one (on-policy)."""
+        return contextlib.nullcontext(self.model.core)
+
     def _rl_step(self, inter):
-        rl, core, model = self.rl, self.model.core, self.model
+        rl, model = self.rl, self.model
         started = time.time()
         B, G = rl.rl_batch_size, rl.rl_group_size
         batch = inter[torch.randint(len(inter), (B,), generator=self.sampler)]
         item_seq, item_len = batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN]
-        targets, users = batch[model.POS_ITEM_ID], batch[self.config["USER_ID_FIELD"]]
-        histories = core.histories(item_seq, item_len)
-        temperature, plan_temperature = rl.rl_temperature, model.settings.plan_temperature
+        histories = model.core.histories(item_seq, item_len)
         self.model.eval()
-        tokens, plans = core.generate_tokens(histories, num_samples=G, guidance_scale=rl.rl_guidance_scale,
-                                             temperature=temperature, top_k=rl.rl_top_k, top_p=rl.rl_top_p,
-                                             seed=rl.rl_seed * 100_003 + self.rl_step, plan_temperature=plan_temperature)
-        components, total = self.rewards(Rollout(core.decode(tokens), users, item_seq, item_len, targets))
+        with self.rollout_policy() as policy:
+            tokens, plans = policy.generate_tokens(
+                histories, num_samples=G, guidance_scale=rl.rl_guidance_scale, temperature=rl.rl_temperature,
+                top_k=rl.rl_top_k, top_p=rl.rl_top_p, seed=rl.rl_seed * 100_003 + self.rl_step,
+                plan_temperature=model.settings.plan_temperature)
+        rollout = Rollout(model.core.decode(tokens), plans, batch[self.config["USER_ID_FIELD"]], item_seq, item_len,
+                          batch[model.POS_ITEM_ID])
+        components, total = self.rewards(rollout)
         if not torch.isfinite(total).all():
             bad = {k: int((~torch.isfinite(v)).sum()) for k, v in components.items()}
             self._diverged(f"non-finite reward (non-finite values per component: {bad})")
-        advantages = group_advantages(total, rl.rl_advantage_eps).reshape(-1)
-        flat_histories = [h for h in histories for _ in range(G)]
-        flat_tokens, flat_plans = tokens.reshape(B * G, -1), plans.reshape(-1)
-
-        def action_logprobs(policy):
-            """Log-probabilities of the whole action, plan (if any) then image tokens: [B*G, (1 +) T]."""
-            logp, plan_logp, entropy = policy.token_logprobs(flat_histories, flat_tokens, flat_plans, temperature,
-                                                             plan_temperature)
-            return (torch.cat([plan_logp.unsqueeze(1), logp], 1) if core.has_plan else logp), entropy
-
-        with torch.no_grad():
-            old_logp, _ = action_logprobs(core)
-            with self.reference_policy() as reference:
-                ref_logp, _ = action_logprobs(reference)
-        for _ in range(rl.rl_inner_epochs):
-            logp, entropy = action_logprobs(core)
-            pg_loss, clip_fraction = clipped_policy_loss(logp, old_logp, advantages, rl.rl_clip_eps)
-            kl = kl_penalty(logp, ref_logp).mean()
-            loss = pg_loss + rl.rl_kl_coef * kl
-            if not torch.isfinite(loss):
-                self._diverged(f"non-finite loss (policy loss {pg_loss.item()}, KL {kl.item()})")
-            self.rl_optimizer.backward(loss)
+        samples = ([h for h in histories for _ in range(G)], tokens.reshape(B * G, -1), plans.reshape(-1))
+        log = self._update(samples, total)
+        if not math.isfinite(log["loss"]):
+            self._diverged(f"non-finite loss ({log})")
         self.rl_step += 1
         log = {"step": self.rl_step, "reward": total.mean().item(), "reward_std": total.std().item(),
-               **{f"reward_{k}": v.mean().item() for k, v in components.items()},
-               "kl": kl.item(), "loss": loss.item(), "policy_loss": pg_loss.item(), "entropy": entropy.mean().item(),
-               "clip_fraction": clip_fraction.item(), "step_seconds": time.time() - started}
+               **{f"reward_{k}": v.mean().item() for k, v in components.items()}, **log,
+               "step_seconds": time.time() - started}
         self.rl_history.append(log)
         return log
+
+    def _update(self, samples, total):
+        """Update the policy from ``samples`` ``(histories [B*G], tokens [B*G, T], plans [B*G])`` and their rewards
+        ``total [B, G]``; returns the logged scalars (``loss`` among them)."""
+        raise NotImplementedError
+
+    def action_logprobs(self, policy, samples, temperature, plan_temperature):
+        """Log-probabilities of each sample's whole action, plan (if any) then image tokens: ``[N, (1 +) T]``, and
+        the policy's entropy per image token ``[N, T]``."""
+        histories, tokens, plans = samples
+        logp, plan_logp, entropy = policy.token_logprobs(histories, tokens, plans, temperature, plan_temperature)
+        return (torch.cat([plan_logp.unsqueeze(1), logp], 1) if self.model.core.has_plan else logp), entropy
 
     def reference_policy(self):
         """Context manager yielding the KL reference (a GenLMMCore): the SFT policy."""
@@ -271,8 +283,8 @@ class GenLMMRLTrainer(GenLMMTrainer):
 
     # ------------------------------------------------------------------ RecBole contract
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
-        """Run ``rl_steps`` RL steps, checkpointing every ``rl_save_every``; then validate once (if
-        ``valid_data``) and save. Returns ``(best_valid_score, best_valid_result)`` like RecBole."""
+        """Run ``rl_steps`` steps, checkpointing every ``rl_save_every``; then validate once (if ``valid_data``)
+        and save. Returns ``(best_valid_score, best_valid_result)`` like RecBole."""
         rl = self.rl
         if rl.rl_resume_from:
             self.resume_rl(rl.rl_resume_from)
@@ -303,3 +315,67 @@ class GenLMMRLTrainer(GenLMMTrainer):
         keys = [key for key in self.rl_history[0] if key != "step"]
         mean = lambda rows, key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
         return {key: (mean(self.rl_history[:k], key), mean(self.rl_history[-k:], key)) for key in keys}
+
+
+class GenLMMRLTrainer(RolloutTrainer):
+    """GRPO: group-relative advantages, a clipped policy gradient and a KL leash to the SFT policy."""
+
+    def _update(self, samples, total):
+        rl, core = self.rl, self.model.core
+        advantages = group_advantages(total, rl.rl_advantage_eps).reshape(-1)
+        temperatures = (rl.rl_temperature, self.model.settings.plan_temperature)
+        with torch.no_grad():
+            old_logp, _ = self.action_logprobs(core, samples, *temperatures)
+            with self.reference_policy() as reference:
+                ref_logp, _ = self.action_logprobs(reference, samples, *temperatures)
+        for _ in range(rl.rl_inner_epochs):
+            logp, entropy = self.action_logprobs(core, samples, *temperatures)
+            pg_loss, clip_fraction = clipped_policy_loss(logp, old_logp, advantages, rl.rl_clip_eps)
+            kl = kl_penalty(logp, ref_logp).mean()
+            loss = pg_loss + rl.rl_kl_coef * kl
+            if torch.isfinite(loss):
+                self.rl_optimizer.backward(loss)
+        return {"kl": kl.item(), "loss": loss.item(), "policy_loss": pg_loss.item(), "entropy": entropy.mean().item(),
+                "clip_fraction": clip_fraction.item()}
+
+
+class GenLMMRAFTTrainer(RolloutTrainer):
+    """RAFT (rejection-sampling fine-tuning): the SFT loss on each row's best-scored sample."""
+
+    def _update(self, samples, total):
+        histories, tokens, plans = samples
+        B, G = total.shape
+        best = torch.arange(B) * G + total.argmax(1)
+        chosen = ([histories[i] for i in best.tolist()], tokens[best], plans[best])
+        logp, entropy = self.action_logprobs(self.model.core, chosen, 1.0, 1.0)
+        loss = -logp.mean()
+        if torch.isfinite(loss):
+            self.rl_optimizer.backward(loss)
+        return {"loss": loss.item(), "chosen_reward": total.max(1).values.mean().item(), "entropy": entropy.mean().item()}
+
+
+class GenLMMDPOTrainer(RolloutTrainer):
+    """DPO on pairs built from the SFT model's samples (as Pigeon does): each row's best and worst sample under the
+    rewards are chosen and rejected; rows whose samples all score the same make no pair."""
+
+    def rollout_policy(self):
+        return self.reference_policy()
+
+    def _update(self, samples, total):
+        histories, tokens, plans = samples
+        B, G = total.shape
+        rows = torch.nonzero(total.max(1).values > total.min(1).values).flatten()
+        if not len(rows):
+            return {"loss": 0.0, "margin": 0.0, "pair_accuracy": 0.0, "pairs": 0}
+        chosen, rejected = rows * G + total[rows].argmax(1), rows * G + total[rows].argmin(1)
+        pick = torch.cat([chosen, rejected])
+        pairs = ([histories[i] for i in pick.tolist()], tokens[pick], plans[pick])
+        with torch.no_grad(), self.reference_policy() as reference:
+            ref = self.action_logprobs(reference, pairs, 1.0, 1.0)[0].sum(1)
+        for _ in range(self.rl.rl_inner_epochs):
+            logp = self.action_logprobs(self.model.core, pairs, 1.0, 1.0)[0].sum(1)
+            n = len(rows)
+            loss, margin, accuracy = dpo_loss(logp[:n], logp[n:], ref[:n], ref[n:], self.rl.rl_dpo_beta)
+            if torch.isfinite(loss):
+                self.rl_optimizer.backward(loss)
+        return {"loss": loss.item(), "margin": margin.item(), "pair_accuracy": accuracy.item(), "pairs": len(rows)}
