@@ -520,7 +520,16 @@ def test_download_images_through_the_importer(tmp_path, server):
                             f"    B006.jpg: {download['failed']['B006.jpg']}"]
 
 
-def test_download_resumes_after_an_interrupt(tmp_path, server):
+@pytest.fixture
+def python_sigint():
+    """Ctrl-C raises KeyboardInterrupt only where SIGINT is not ignored: a job started in the background by a
+    non-interactive shell (a CI runner, `cmd &`) inherits SIG_IGN, so install Python's own handler while testing."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_download_resumes_after_an_interrupt(tmp_path, server, python_sigint):
     folder = tmp_path / "img"
     folder.mkdir()
     (folder / "e.png").write_bytes(png_bytes(1)[:30])  # a broken leftover: fetched again
