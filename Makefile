@@ -1,4 +1,4 @@
-# The two commands of the README: `make run` (the main job) and `make test` (the test suite).
+# The two commands of the README: `make run` (the main job) and `make test` (the test suite, then the tutorial notebook).
 # Both create .venv and install what they need on first use.
 PYTHON ?= python3
 VENV ?= .venv
@@ -23,3 +23,4 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python scripts/run_tutorial.py   # the tutorial notebook, top to bottom; prints its own wall time
