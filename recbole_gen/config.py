@@ -76,6 +76,34 @@ class Config(RecBoleConfig):
                     if added and layer.parent.name == "dataset":
                         self.parameters["Dataset"] += [k for k in added if k not in self.parameters["Dataset"]]
 
+    def _init_device(self):
+        """RecBole's device set-up; a multi-process run gets the backend that fits the machine: RecBole's own (nccl)
+        on GPUs, gloo on the CPU (RecBole 1.2.1 hard-codes nccl and asserts a GPU id per process, so ``--nproc=2``
+        could not run there). Under torchrun (``LOCAL_RANK`` and ``WORLD_SIZE`` in the environment) the ranks and
+        the rendezvous come from the environment instead of ``local_rank``/``ip``/``port``."""
+        final = self.final_config_dict
+        torchrun = "local_rank" not in final and "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+        if torchrun:
+            local = int(os.environ["LOCAL_RANK"])
+            final.update(local_rank=local, world_size=int(os.environ["WORLD_SIZE"]),
+                         offset=int(os.environ.get("RANK", local)) - local,
+                         nproc=int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])))
+        on_gpu = torch.cuda.is_available() and str(final["gpu_id"]).strip("(), ") != ""
+        if "local_rank" not in final or (on_gpu and not torchrun):
+            return super()._init_device()
+        local_rank = final["local_rank"]
+        if not torch.distributed.is_initialized():
+            torch.distributed.init_process_group(
+                backend="nccl" if on_gpu else "gloo", rank=local_rank + final["offset"], world_size=final["world_size"],
+                init_method="env://" if torchrun else f"tcp://{final['ip']}:{final['port']}")
+        if on_gpu:
+            torch.cuda.set_device(local_rank)
+        elif "OMP_NUM_THREADS" not in os.environ:  # the machine's cores shared by its ranks, not each rank taking all
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(final["nproc"])))
+        final.update(device=torch.device("cuda", local_rank) if on_gpu else torch.device("cpu"), single_spec=False)
+        if local_rank != 0:
+            final.update(state="error", show_progress=False, verbose=False)
+
     def _warn_unknown_keys(self):
         known = known_keys() | set(self.internal_config_dict)
         for key in sorted(set(self.external_config_dict) - known):

@@ -21,22 +21,32 @@ from recbole_gen.data import create_dataset, ensure_dataset_files
 from recbole_gen.evaluator import wants_image_metrics
 from recbole_gen.evaluator.intervals import user_values
 from recbole_gen.model.generative import GenerativeRecommender
-from recbole_gen.utils import get_model, get_trainer, init_logger
+from recbole_gen.trainer.distributed import rank0_first
+from recbole_gen.utils import get_model, get_trainer, init_logger, with_mixin
 
 
 def run(model, dataset, config_file_list=None, config_dict=None, saved=True, nproc=1, world_size=-1,
         ip="localhost", port="5678", group_offset=0):
-    """Train and test one model; with ``nproc > 1`` spawn one process per rank as RecBole does."""
+    """Train and test one model; with ``nproc > 1`` spawn one process per rank as RecBole does (gloo on the CPU,
+    nccl on GPUs); rank 0's result is returned. Under torchrun, call :func:`run_recbole` in each process instead."""
     if nproc == 1 and world_size <= 0:
         return run_recbole(model, dataset, config_file_list, config_dict, saved=saved)
     import torch.multiprocessing as mp
 
+    checked = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+    check_settings(checked)  # a wrong name or value stops here, with its own error, before any process starts
+    ensure_dataset_files(checked)
     queue = mp.get_context("spawn").SimpleQueue()
     config_dict = dict(config_dict or {})
     config_dict.update({"world_size": world_size if world_size > 0 else nproc, "ip": ip, "port": port,
                         "nproc": nproc, "offset": group_offset})
-    mp.spawn(_run_rank, args=(model, dataset, config_file_list, config_dict, saved, queue), nprocs=nproc, join=True)
-    return None if queue.empty() else queue.get()
+    ranks = mp.spawn(_run_rank, args=(model, dataset, config_file_list, config_dict, saved, queue), nprocs=nproc,
+                     join=False)
+    result = None
+    while not ranks.join(timeout=1):  # raises when a rank fails; rank 0 waits in put() until its result is read
+        if result is None and not queue.empty():
+            result = queue.get()
+    return result if result is not None or queue.empty() else queue.get()
 
 
 def _run_rank(rank, model, dataset, config_file_list, config_dict, saved, queue):
@@ -66,14 +76,16 @@ def run_recbole(model=None, dataset=None, config_file_list=None, config_dict=Non
     :func:`recbole_gen.evaluator.intervals.user_values`)."""
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
     check_settings(config)
-    ensure_dataset_files(config)  # fail (or build a built-in dataset) before any log is written
+    with rank0_first(config):  # one process builds a built-in dataset and fills the caches, the others read them
+        ensure_dataset_files(config)  # fail (or build a built-in dataset) before any log is written
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
     logger.info(sys.argv)
     logger.info(config)
 
-    dataset = create_dataset(config, images=needs_images(config))
+    with rank0_first(config):
+        dataset = create_dataset(config, images=needs_images(config))
     logger.info(dataset)
     train_data, valid_data, test_data = data_preparation(config, dataset)
 
@@ -106,6 +118,7 @@ def run_recbole(model=None, dataset=None, config_file_list=None, config_dict=Non
         "model_file": trainer.saved_model_file if saved else None,
         "epochs": len(trainer.train_loss_dict),
         "train_seconds": trained - started,
+        "train_throughput": getattr(trainer, "throughput", {}),  # generative trainers: rows and tokens per second
         "test_seconds": tested - trained,
         "test_users": len(test_data._dataset.inter_feat),
         "test_per_user": user_values(trainer.eval_collector.last_struct, config),
@@ -128,18 +141,20 @@ def build_model(config, dataset):
         model.load_state_dict(checkpoint["state_dict"])
         model.load_other_parameter(checkpoint.get("other_parameter"))
         getLogger().info(set_color("init_from", "blue") + f": {config['init_from']}")
-    prepare_artifacts(config, model, fresh=not config["init_from"])
+    with rank0_first(config):  # rank 0 trains what is not cached yet (tokenizer, pre-training), the others load it
+        prepare_artifacts(config, model, fresh=not config["init_from"])
     return model
 
 
 def build_trainer(config, model, future_data=None):
     """The model's trainer for ``config['stage']`` (recbole-gen's, else RecBole's), with image evaluation (a no-op
     for a ranker without image metrics, whose evaluation it leaves as RecBole's; its collector keeps the last
-    evaluation for per-user values); ``future_data`` (the test split) gives the validation phase its FutureSim
-    targets."""
+    evaluation for per-user values) and the duties of a multi-process run (:class:`DistributedMixin`);
+    ``future_data`` (the test split) gives the validation phase its FutureSim targets."""
     from recbole_gen.evaluator.image_evaluation import with_image_evaluation
+    from recbole_gen.trainer.distributed import DistributedMixin
 
-    trainer_class = get_trainer(config["MODEL_TYPE"], config["model"], config["stage"])
+    trainer_class = with_mixin(get_trainer(config["MODEL_TYPE"], config["model"], config["stage"]), DistributedMixin)
     trainer = with_image_evaluation(trainer_class)(config, model)
     if future_data is not None:
         trainer.set_future_data(future_data)

@@ -106,6 +106,21 @@ def get_trainer(model_type, model_name, stage=None):
     return recbole_get_trainer(model_type, model_name)
 
 
+_MIXED = {}
+
+
+def with_mixin(base, mixin):
+    """``base`` with ``mixin`` in front of it (``FooMixin`` + ``Trainer`` -> ``TrainerWithFoo``): a cached subclass,
+    or ``base`` itself when it has the mixin already."""
+    if issubclass(base, mixin):
+        return base
+    if (base, mixin) not in _MIXED:
+        what = mixin.__name__.removesuffix("Mixin")
+        _MIXED[base, mixin] = type(f"{base.__name__}With{what}", (mixin, base),
+                                   {"__module__": mixin.__module__, "__doc__": f"{base.__name__} + {mixin.__name__}."})
+    return _MIXED[base, mixin]
+
+
 def init_logger(config):
     """RecBole's logger (same format and colours), with the folder taken from ``config['log_dir']``.
 

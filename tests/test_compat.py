@@ -162,8 +162,36 @@ SCENARIOS = {
         trainer._save_checkpoint(0)
         trainer.resume_checkpoint(trainer.saved_model_file)
     """),
+    "ddp_cpu": Scenario("ddp_cpu", None, "device_ids", """
+        # RecBole's trainer of a multi-process run (here a 1-process gloo group) wraps a CPU model in DDP
+        import socket
+        import torch.distributed as dist
+        from recbole.data import data_preparation
+        from recbole_gen.config import Config
+        from recbole_gen.data import create_dataset
+        from recbole_gen.utils import get_model, get_trainer
+        from tiny_data import write_tiny_dataset
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        path = write_tiny_dataset(WORKDIR)
+        config = Config(model="BPR", dataset="tiny", config_dict={
+            "data_path": str(path), "checkpoint_dir": str(WORKDIR), "gpu_id": "", "local_rank": 0, "world_size": 1,
+            "nproc": 1, "offset": 0, "ip": "127.0.0.1", "port": port})
+        try:
+            train, _, _ = data_preparation(config, create_dataset(config))
+            get_trainer(config["MODEL_TYPE"], "BPR")(config, get_model("BPR")(config, train.dataset))
+        finally:
+            dist.destroy_process_group()
+    """),
+    "anomaly_detection": Scenario("anomaly_detection", None, "anomaly detection is on", """
+        # importing RecBole's sequential models (sine.py) must not slow every backward pass of the process
+        import torch
+        from recbole.model.sequential_recommender import SASRec
+        assert not torch.is_anomaly_enabled(), "anomaly detection is on"
+    """),
 }
-PATCHES = ("numpy_aliases", "pandas_cow", "scipy_dok", "torch_load")
+PATCHES = ("numpy_aliases", "pandas_cow", "scipy_dok", "torch_load", "ddp_cpu", "anomaly_detection")
 
 PREAMBLE = """
 import json, sys, traceback, types, pathlib
@@ -177,7 +205,8 @@ unpatched = {{method: getattr(recbole_datasets, method.split(".")[0]).__dict__[m
              for method in {methods!r}}}
 for name in {patches!r}:
     getattr(compat, "patch_" + {{"numpy_aliases": "numpy_aliases", "pandas_cow": "pandas_copy_on_write",
-        "scipy_dok": "scipy_dok_update", "torch_load": "torch_load"}}[name])()
+        "scipy_dok": "scipy_dok_update", "torch_load": "torch_load", "ddp_cpu": "ddp_cpu",
+        "anomaly_detection": "anomaly_detection"}}[name])()
 compat._applied = True
 """
 

@@ -1,4 +1,5 @@
 """Item images: the dataset format, the store's pixels/texts/hashes, the disk cache, validation."""
+import copy
 import logging
 from pathlib import Path
 
@@ -86,6 +87,16 @@ def test_rows_follow_recbole_internal_ids(pics):
     assert len(set(store.item_hashes[1:])) == N_ITEMS
 
 
+def test_pixels_are_a_read_only_memory_map_of_the_cache(pics):
+    store, dataset, _ = load_store(pics.parent)
+    rows = store._pixels_u8  # what the store holds: a map of the cache file, not the pixels
+    assert isinstance(rows.values, np.memmap) and not rows.values.flags.writeable
+    assert Path(rows.values.filename).parent == pics / ".cache" / "pixels"
+    i3 = dataset.token2id(dataset.iid_field, "i3")
+    assert torch.allclose(store.pixels([i3, 0])[:, :, 3, 3], torch.tensor([colour(3), (0, 0, 0)]) / 255, atol=1 / 255)
+    assert copy.deepcopy(rows) is rows  # a model copy (the RL reference) shares the map
+
+
 def test_image_size_64_and_non_square_padding(tmp_path):
     folder = write_image_dataset(tmp_path / "data")
     Image.new("RGB", (40, 20), (255, 0, 0)).save(folder / "images" / "i1.png")
@@ -132,7 +143,7 @@ def test_second_load_is_served_from_cache_and_a_changed_image_invalidates_only_i
 
 def test_cache_dir_setting(pics, tmp_path):
     store, _, _ = load_store(pics.parent, cache_dir=str(tmp_path / "elsewhere"))
-    assert list((tmp_path / "elsewhere" / "pixels").glob("*.npz")) and not (pics / ".cache").exists()
+    assert list((tmp_path / "elsewhere" / "pixels").glob("*.rows")) and not (pics / ".cache").exists()
 
 
 def truncate(path):
@@ -249,5 +260,5 @@ def test_unknown_policy_is_refused(pics):
 def test_embeddings_stay_out_of_normalisation(pics):
     """Cached features live in the store, never in RecBole's fields, so normalize_all cannot reach them."""
     store, _, config = load_store(pics.parent, normalize_all=True)
-    features = store.cached("emb", {}, lambda idx, px: px.flatten(1).numpy() * 10 - 3)
+    features = np.asarray(store.cached("emb", {}, lambda idx, px: px.flatten(1).numpy() * 10 - 3))
     assert features.max() > 1.0 and features.min() < 0.0

@@ -5,11 +5,17 @@ import numpy as np
 import pytest
 import torch
 
+from recbole_gen.config import Config
 from recbole_gen.retrieval.catalogue import ImageCatalogue
 from recbole_gen.retrieval.encoders import EncoderWeightsError, build_image_encoder
 from recbole_gen.evaluator.functional import FrechetStats, coverage, frechet_distance, gaussian_stats, image_metrics
-from recbole_gen.retrieval.index import CatalogueIndex, EmptyCatalogueError
+from recbole_gen.retrieval.index import CatalogueIndex, EmptyCatalogueError, IndexSettings
 from recbole_gen.evaluator.scoring import catalogue_scores, catalogue_topk
+
+
+def index_settings(**keys):
+    """The catalogue index's settings: properties/overall.yaml's defaults, then ``keys``."""
+    return IndexSettings.from_config(Config(model="Pop", dataset="none", config_dict=keys))
 
 
 def unit(*rows):
@@ -113,8 +119,9 @@ def test_approximate_index_recall_floor(kind, floor):
     emb = rng.normal(size=(4001, 32)).astype(np.float32)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     queries = rng.normal(size=(200, 32)).astype(np.float32)
-    options = {"hnsw": {"hnsw_m": 16, "ef_search": 32}, "ivf": {"nlist": 64, "nprobe": 16}}[kind]
-    index = CatalogueIndex(emb, kind=kind, **options)
+    options = {"hnsw": {"eval_index_hnsw_m": 16, "eval_index_ef_search": 32},
+               "ivf": {"eval_index_nlist": 64, "eval_index_nprobe": 16}}[kind]
+    index = CatalogueIndex(emb, settings=index_settings(eval_index=kind, **options))
     recall = index.recall_vs_exact(queries, k=10)
     assert floor <= recall < 1.0, recall
 

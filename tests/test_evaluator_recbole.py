@@ -172,3 +172,30 @@ def test_per_user_values_average_to_recboles_result_and_refit_the_set_metrics(se
     assert set(everyone) == set(result)
     for metric, value in result.items():
         assert everyone[metric][0] == pytest.approx(value, abs=1e-4, nan_ok=True), metric
+
+
+class NoisyGenerator(OracleGenerator):
+    """Two noisy copies of the true next item's image per user: hits and misses, and no ties."""
+
+    def generate_images(self, interaction, num_samples=None, seed=None, **generation):
+        target = interaction[self.ITEM_ID].cpu()
+        pixels = self.store.pixels(target).unsqueeze(1).repeat(1, 2, 1, 1, 1)
+        noise = torch.randn(pixels.shape, generator=torch.Generator().manual_seed(int(target.sum())))
+        return Generation(pixels=(pixels + 3.0 * noise).clamp(0, 1), plans=torch.full((len(target), 2), -1),
+                          histories=[[] for _ in target])
+
+
+def test_topk_from_the_index_search_gives_the_dense_scores_metrics(setup):
+    metrics = ("Hit", "NDCG", "MRR", "Precision", "Recall", "TargetSim", "ImageCoverage", "FD")
+    results = {}
+    for source in ("scores", "index"):
+        config, dataset, train, valid, test = setup(NoisyGenerator, metrics=metrics, gen_rank_from=source)
+        trainer = with_image_evaluation(Trainer)(config, NoisyGenerator(config, train._dataset))
+        results[source] = trainer.evaluate(test, load_best_model=False)
+        assert trainer.catalogue.index.exact  # auto: 20 items get the flat index
+    assert results["index"] == results["scores"]
+    assert 0 < results["scores"]["hit@1"] < results["scores"]["hit@5"] < 1
+    config, dataset, train, valid, test = setup(NoisyGenerator, metrics=("Hit", "GAUC"), gen_rank_from="index")
+    trainer = with_image_evaluation(Trainer)(config, NoisyGenerator(config, train._dataset))
+    with pytest.raises(ValueError, match="gen_rank_from: index .* only top-k metrics"):
+        trainer.evaluate(test, load_best_model=False)

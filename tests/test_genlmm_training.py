@@ -1,4 +1,5 @@
 """GenLMM SFT: the loss falls, the history is used, LoRA and full fine-tuning both train."""
+import numpy as np
 import torch
 
 from test_genlmm_support import emoji64, group_sequences, gtiny, make_core, make_model, train_core  # noqa: F401
@@ -19,10 +20,15 @@ def test_vq_tokenizer_is_cached_and_frozen(emoji64, gtiny):
     key = first.artifact_info["tokenizer"]["key"]
     assert again.artifact_info["tokenizer"] == first.artifact_info["tokenizer"]
     assert (gtiny[1] / "genlmm_vq" / f"vq-{key}.pt").is_file() and (gtiny[1] / "genlmm_vq" / f"vq-{key}.json").is_file()
-    assert torch.equal(first.core.item_tokens, again.core.item_tokens)
+    items = torch.arange(first.core.item_num)
+    assert torch.equal(first.core.tokens_of(items), again.core.tokens_of(items))
     assert not any(p.requires_grad for p in first.core.vq.parameters())
     # distinct items get (mostly) distinct token sequences; row 0 is padding
-    assert len({tuple(r) for r in first.core.item_tokens[1:].tolist()}) >= 50
+    assert len({tuple(r) for r in first.core.tokens_of(items[1:]).tolist()}) >= 50
+    # the tokens are read from the cache's int16 memory map, not held as a buffer (DDP would broadcast it)
+    rows = first.core.item_tokens.rows
+    assert isinstance(rows.values, np.memmap) and rows.dtype == np.int16
+    assert not any("item_tokens" in name for name, _ in first.named_buffers())
 
 
 def test_a_corrupt_cached_tokenizer_is_named_and_rebuilt(emoji64, gtiny, caplog):
@@ -32,7 +38,8 @@ def test_a_corrupt_cached_tokenizer_is_named_and_rebuilt(emoji64, gtiny, caplog)
     with caplog.at_level("WARNING"):
         rebuilt = make_model(gtiny)
     assert f"ignoring the unreadable cached file {weights} (the image tokenizer" in caplog.text
-    assert torch.equal(rebuilt.core.item_tokens, first.core.item_tokens)  # the same seeded training, rebuilt
+    items = torch.arange(first.core.item_num)
+    assert torch.equal(rebuilt.core.tokens_of(items), first.core.tokens_of(items))  # the same seeded training, rebuilt
     assert weights.stat().st_size > 200
 
 

@@ -25,9 +25,10 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import recbole_gen  # noqa: E402,F401
+from recbole_gen.config import Config  # noqa: E402
 from recbole_gen.retrieval.catalogue import ImageCatalogue  # noqa: E402
 from recbole_gen.retrieval.encoders import build_image_encoder  # noqa: E402
-from recbole_gen.retrieval.index import CatalogueIndex  # noqa: E402
+from recbole_gen.retrieval.index import CatalogueIndex, IndexSettings  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -117,7 +118,8 @@ def faiss_vs_numpy(items, dim=512, queries=1000, k=10, seed=0):
     if items > 20_000:  # building HNSW over 100k 512-d vectors takes minutes on one shared core
         return out
     t0 = time.time()
-    hnsw = CatalogueIndex(emb, kind="hnsw")
+    hnsw = CatalogueIndex(emb, settings=IndexSettings.from_config(Config(model="Pop", dataset="none",
+                                                                         config_dict={"eval_index": "hnsw"})))
     build = time.time() - t0
     t0 = time.time()
     hnsw.search(q, k)
@@ -131,7 +133,6 @@ def emoji_seq_eval(models=("SASRec",)):
     from recbole.data import data_preparation
     from recbole.trainer import Trainer
 
-    from recbole_gen.config import Config
     from recbole_gen.data import create_dataset
     from recbole_gen.retrieval.catalogue import clear_catalogue_cache
     from recbole_gen.trainer.evaluation import with_image_metrics

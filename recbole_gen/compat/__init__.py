@@ -8,6 +8,8 @@ RecBole's ``recbole.quick_start`` imports ``ray.tune`` at module level (ray <= 2
 ``pkg_resources`` and ``np.bool8``); this package never imports it and ships its own
 ``recbole_gen.quick_start`` instead, so ray is not needed at all.
 """
+from recbole_gen.compat.anomaly_detection import patch_anomaly_detection
+from recbole_gen.compat.ddp_cpu import patch_ddp_cpu
 from recbole_gen.compat.numpy_aliases import patch_numpy_aliases
 from recbole_gen.compat.pandas_cow import patch_pandas_copy_on_write
 from recbole_gen.compat.scipy_dok import patch_scipy_dok_update
@@ -25,6 +27,8 @@ def apply():
     patch_pandas_copy_on_write()
     patch_scipy_dok_update()
     patch_torch_load()
+    patch_ddp_cpu()
+    patch_anomaly_detection()
     _applied = True
 
 

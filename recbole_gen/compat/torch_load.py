@@ -14,12 +14,14 @@ import torch
 
 
 def _save_checkpoint(self, epoch, verbose=True, **kwargs):
-    """``Trainer._save_checkpoint`` with the config as plain data, written atomically."""
+    """``Trainer._save_checkpoint`` with the config as plain data, written atomically (by rank 0 alone, as RecBole's)."""
     from recbole.utils import set_color
 
     from recbole_gen.checkpoint import save_checkpoint
     from recbole_gen.config import plain_config
 
+    if not self.config["single_spec"] and self.config["local_rank"] != 0:
+        return
     saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
     state = {
         "config": plain_config(self.config), "epoch": epoch, "cur_step": self.cur_step,

@@ -1,12 +1,13 @@
 """A disk cache of per-item arrays keyed by image content hash and settings.
 
-One file per ``(kind, settings)``: ``<root>/<kind>/<digest of settings>.npz`` holding the content
-hashes it knows and one row per hash. A lookup returns the rows it has and computes only the
-missing ones, so a changed image (new hash) or a changed setting (new file) invalidates exactly
-its entries. Files are written to a temporary name in the same folder and renamed into place,
-so a crash never leaves half a cache file; a cache file that cannot be read is ignored and
-rebuilt. Writes hold ``lock`` (the dataset folder's shared lock), so a dataset rebuild never swaps the
-folder from under a cache write.
+One file per ``(kind, settings)``: ``<root>/<kind>/<digest of settings>.rows``, two ``.npy`` arrays back to back:
+the content hashes it knows, then one row per hash. Readers memory-map the rows read-only (:class:`CachedRows`):
+a catalogue's pixels or image tokens are read on demand, never copied whole into a process's memory. A lookup
+computes only the missing entries, so a changed image (new hash) or a changed setting (new file) invalidates
+exactly its entries. Files are written to a temporary name in the same folder and renamed into place (a map keeps
+the file it opened), so a crash never leaves half a cache file; a cache file that cannot be read is ignored and
+rebuilt. Writes hold ``lock`` (the dataset folder's shared lock), so a dataset rebuild never swaps the folder from
+under a cache write, and the file's own exclusive lock, so concurrent writers never drop each other's entries.
 """
 import contextlib
 import json
@@ -15,9 +16,92 @@ from pathlib import Path
 
 import numpy as np
 
-from recbole_gen.files import atomic_write, atomic_write_bytes, digest
+from recbole_gen.files import atomic_write, atomic_write_bytes, digest, folder_lock
 
 logger = logging.getLogger(__name__)
+
+WRITE_CHUNK_BYTES = 64 << 20  # stored rows are copied into a rewritten file this much at a time
+
+
+class CachedRows:
+    """Rows of a cache file in the caller's order, read on demand from a read-only memory map.
+
+    ``rows[ids]`` (an index array, a boolean mask or a slice) reads just those rows, zeros where an item has no
+    entry; ``np.asarray(rows)`` reads them all. Copies share the map: it is read-only.
+    """
+
+    def __init__(self, values, positions):
+        self.values = values
+        self.positions = np.asarray(positions, dtype=np.int64)
+
+    @property
+    def shape(self):
+        return (len(self.positions), *self.values.shape[1:])
+
+    @property
+    def dtype(self):
+        return self.values.dtype
+
+    def __len__(self):
+        return len(self.positions)
+
+    def __getitem__(self, index):
+        positions = self.positions[index]
+        out = np.zeros((*positions.shape, *self.values.shape[1:]), dtype=self.values.dtype)
+        found = positions >= 0
+        out[found] = self.values[positions[found]]
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        rows = self[:]
+        return rows if dtype is None else rows.astype(dtype)
+
+    def select(self, index):
+        """The rows ``index`` (in that order) as another view of the same map."""
+        return CachedRows(self.values, self.positions[index])
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+def _hash_array(hashes):
+    return np.array(list(hashes), dtype="S")
+
+
+def _find(stored, wanted):
+    """Position in ``stored`` of each of ``wanted`` (byte-string arrays), -1 where absent or ''."""
+    if len(stored) == 0:
+        return np.full(len(wanted), -1, dtype=np.int64)
+    order = np.argsort(stored, kind="stable")
+    ordered = stored[order]
+    at = np.searchsorted(ordered, wanted).clip(max=len(stored) - 1)
+    return np.where((ordered[at] == wanted) & (wanted != b""), order[at], -1)
+
+
+def _read(path):
+    """``(hashes, read-only map of the rows)`` of a cache file."""
+    with open(path, "rb") as f:
+        hashes = np.load(f, allow_pickle=False)
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(f)
+        offset = f.tell()
+    if fortran_order or len(hashes) != shape[0] or shape[0] == 0:
+        raise ValueError(f"{len(hashes)} hashes for rows of shape {shape}")
+    return hashes, np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+
+
+def _write(f, hashes, parts, row_shape, dtype):
+    """The hashes, then the rows of ``parts`` (``(array or map, row positions or None)``) a chunk at a time."""
+    np.save(f, _hash_array(hashes), allow_pickle=False)
+    np.lib.format.write_array_header_2_0(f, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                                             "shape": (len(hashes), *row_shape)})
+    chunk = max(1, WRITE_CHUNK_BYTES // max(1, int(np.prod(row_shape)) * dtype.itemsize))
+    for values, positions in parts:
+        count = len(values) if positions is None else len(positions)
+        for start in range(0, count, chunk):
+            rows = values[start:start + chunk] if positions is None else values[positions[start:start + chunk]]
+            f.write(np.ascontiguousarray(rows, dtype=dtype).tobytes())
 
 
 class FeatureCache:
@@ -28,38 +112,29 @@ class FeatureCache:
         self.lock = lock
 
     def file(self, kind, settings):
-        return self.root / kind / f"{digest(settings, 20)}.npz"
+        return self.root / kind / f"{digest(settings, 20)}.rows"
 
     def _load(self, path):
-        if not path.is_file():
-            return {}, None
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                hashes, values = data["hashes"], data["values"]
-        except Exception as error:  # a damaged cache file is rebuilt, never trusted
-            logger.warning(f"ignoring unreadable cache file {path}: {error}")
-            return {}, None
-        if len(hashes) != len(values):
-            logger.warning(f"ignoring inconsistent cache file {path}")
-            return {}, None
-        return {str(h): i for i, h in enumerate(hashes)}, values
+        """``(hashes, values)`` of a cache file; ``(empty, None)`` when it is absent or unreadable."""
+        if path.is_file():
+            try:
+                return _read(path)
+            except Exception as error:  # a damaged cache file is rebuilt, never trusted
+                logger.warning(f"ignoring unreadable cache file {path}: {error}")
+        return _hash_array([]), None
 
-    def fetch(self, kind, settings, hashes):
-        """``(rows or None, missing)``: stored rows for ``hashes`` ('' = no entry, a zero row) and
-        the positions (one per distinct hash) whose entries are not stored."""
-        index, stored = self._load(self.file(kind, settings))
-        missing, seen = [], set()
-        for pos, h in enumerate(hashes):
-            if h and h not in index and h not in seen:
-                seen.add(h)
-                missing.append(pos)
-        if stored is None:
-            return None, missing
-        rows = np.zeros((len(hashes), *stored.shape[1:]), dtype=stored.dtype)
-        for pos, h in enumerate(hashes):
-            if h in index:
-                rows[pos] = stored[index[h]]
-        return rows, missing
+    def missing(self, kind, settings, hashes):
+        """Positions (the first of each distinct hash) of the ``hashes`` without a stored entry ('' needs none)."""
+        stored, _ = self._load(self.file(kind, settings))
+        wanted = _hash_array(hashes)
+        absent = np.flatnonzero((_find(stored, wanted) < 0) & (wanted != b""))
+        _, first = np.unique(wanted[absent], return_index=True)
+        return np.sort(absent[first])
+
+    def rows(self, kind, settings, hashes):
+        """The stored rows of ``hashes`` as :class:`CachedRows` (zeros for '' and unknown hashes); None without a file."""
+        stored, values = self._load(self.file(kind, settings))
+        return None if values is None else CachedRows(values, _find(stored, _hash_array(hashes)))
 
     def put(self, kind, settings, new_hashes, new_rows):
         """Add entries (merged with what is stored; same-shaped rows only) with an atomic rewrite."""
@@ -67,41 +142,32 @@ class FeatureCache:
         if len(new_hashes) == 0:
             return
         path = self.file(kind, settings)
-        index, stored = self._load(path)
-        if stored is not None and (stored.shape[1:] != new_rows.shape[1:] or stored.dtype != new_rows.dtype):
-            logger.info(f"cache '{kind}': stored rows have another shape/dtype; replacing them")
-            index, stored = {}, None
-        keep = [h for h in index if h not in set(new_hashes)]
-        hashes = np.array(keep + list(new_hashes), dtype=str)
-        values = new_rows if not keep else np.concatenate([stored[[index[h] for h in keep]], new_rows])
-        with self.lock():
-            atomic_write(path, lambda f: np.savez(f, hashes=hashes, values=values))
+        with self.lock(), folder_lock(path, shared=False):
+            stored, values = self._load(path)
+            if values is not None and (values.shape[1:] != new_rows.shape[1:] or values.dtype != new_rows.dtype):
+                logger.info(f"cache '{kind}': stored rows have another shape/dtype; replacing them")
+                stored, values = _hash_array([]), None
+            keep = np.flatnonzero(~np.isin(stored, _hash_array(new_hashes)))
+            parts = [(new_rows, None)] if values is None else [(values, keep), (new_rows, None)]
+            atomic_write(path, lambda f: _write(f, [*stored[keep].tolist(), *_hash_array(new_hashes).tolist()], parts,
+                                                new_rows.shape[1:], new_rows.dtype))
             settings_file = path.with_suffix(".json")
             if not settings_file.is_file():
                 atomic_write_bytes(settings_file, json.dumps({"kind": kind, "settings": settings},
                                                              sort_keys=True, indent=1, default=str).encode())
 
     def lookup(self, kind, settings, hashes, compute):
-        """Rows for ``hashes`` (list of str; '' = a zero row); ``compute(positions) -> rows`` runs once
-        for one position per distinct missing hash. Returns ``(rows or None, n_computed)``."""
-        rows, missing = self.fetch(kind, settings, hashes)
-        if not missing:
-            return rows, 0
-        computed = np.asarray(compute(np.asarray(missing, dtype=np.int64)))
-        if len(computed) != len(missing):
-            raise ValueError(f"cache '{kind}': compute returned {len(computed)} rows for {len(missing)} items")
-        if rows is None or rows.shape[1:] != computed.shape[1:] or rows.dtype != computed.dtype:
-            if rows is not None:  # stored entries of another shape are stale: recompute them all
-                return self._recompute_all(kind, settings, hashes, compute)
-            rows = np.zeros((len(hashes), *computed.shape[1:]), dtype=computed.dtype)
-        self.put(kind, settings, [hashes[p] for p in missing], computed)
-        by_hash = {hashes[p]: computed[k] for k, p in enumerate(missing)}
-        for pos, h in enumerate(hashes):
-            if h in by_hash:
-                rows[pos] = by_hash[h]
-        return rows, len(missing)
-
-    def _recompute_all(self, kind, settings, hashes, compute):
-        with self.lock():
-            self.file(kind, settings).unlink(missing_ok=True)
-        return self.lookup(kind, settings, hashes, compute)
+        """Rows for ``hashes`` (list of str; '' = a zero row) as :class:`CachedRows`; ``compute(positions) -> rows``
+        runs for one position per distinct missing hash (again for the rest when a stale file of another row shape
+        is replaced). Returns ``(rows or None, n_computed)``."""
+        computed_count = 0
+        for _ in range(3):
+            missing = self.missing(kind, settings, hashes)
+            if len(missing) == 0:
+                return self.rows(kind, settings, hashes), computed_count
+            computed = np.asarray(compute(missing))
+            if len(computed) != len(missing):
+                raise ValueError(f"cache '{kind}': compute returned {len(computed)} rows for {len(missing)} items")
+            self.put(kind, settings, [hashes[p] for p in missing], computed)
+            computed_count += len(missing)
+        raise RuntimeError(f"cache '{kind}': {self.file(kind, settings)} keeps losing entries as they are written")

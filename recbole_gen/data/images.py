@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from recbole_gen.data.cache import FeatureCache
+from recbole_gen.data.cache import CachedRows, FeatureCache
 from recbole_gen.files import folder_lock
 
 logger = logging.getLogger(__name__)
@@ -155,9 +155,10 @@ def read_item_columns(config, columns):
 class ItemImageStore:
     """Item images (and texts) of a RecBole dataset, one row per item token (row 0: padding).
 
-    Pixels are held once, as uint8; :meth:`pixels` converts the rows asked for. ``has_image`` bool
-    [item_num]; :meth:`item_texts`; ``item_hashes``; :meth:`cached` for derived per-item features
-    (image tokens, embeddings) on disk.
+    Pixels stay on disk: a read-only memory map of the pixel cache (uint8), from which :meth:`pixels` reads and
+    converts the rows asked for, so a process's memory does not grow with the catalogue's pixels. ``has_image``
+    bool [item_num]; :meth:`item_texts`; ``item_hashes``; :meth:`cached` for derived per-item features (image
+    tokens, embeddings) on disk.
     """
 
     def __init__(self, config, item_tokens, texts, hashes, pixels_u8, has_image, problems):
@@ -188,7 +189,7 @@ class ItemImageStore:
         problems = _Problems()
         texts = _texts(config, tokens)
         paths = _image_paths(config, tokens, problems)
-        hashes, pixels = _decode_all(config, tokens, paths, problems)
+        hashes = _decode_all(config, tokens, paths, problems)
         bad = problems.items()
         if bad and policy == "error":
             raise ItemImageError(problems.message(dataset_folder(config)))
@@ -196,15 +197,8 @@ class ItemImageStore:
         if bad:
             logger.warning(f"image_policy={policy}: {len(bad)} item(s) without a usable image ({problems.summary()})")
             if policy == "placeholder":
-                for i in range(1, len(tokens)):
-                    if not hashes[i]:
-                        hashes[i], pixels[i] = PLACEHOLDER_HASH, 128
-        flat = pixels.reshape(len(tokens), -1)
-        blank = [tokens[i] for i in range(1, len(tokens)) if has_image[i] and flat[i].min() == flat[i].max()]
-        if blank:
-            logger.warning(f"{len(blank)} item image(s) are a single flat colour (check them): "
-                           f"{', '.join(blank[:SHOW])}{' ...' if len(blank) > SHOW else ''}")
-        return cls(config, tokens, texts, hashes, pixels, has_image, problems)
+                hashes = [h or (PLACEHOLDER_HASH if i else "") for i, h in enumerate(hashes)]
+        return cls(config, tokens, texts, hashes, _pixel_rows(config, hashes), has_image, problems)
 
     def select(self, tokens):
         """The store for ``tokens`` in that row order (e.g. RecBole's internal ids after remapping); rows come
@@ -212,7 +206,7 @@ class ItemImageStore:
         row = {t: i for i, t in enumerate(self.item_tokens) if i}
         index = np.array([row.get(str(t), 0) if k else 0 for k, t in enumerate(tokens)])
         return ItemImageStore(self.config, [str(t) for t in tokens], [self._texts[i] for i in index],
-                              [self.item_hashes[i] for i in index], self._pixels_u8[index],
+                              [self.item_hashes[i] for i in index], self._pixels_u8.select(index),
                               self.has_image.numpy()[index] & (index > 0), self._problems)
 
     def problem_items(self):
@@ -222,11 +216,10 @@ class ItemImageStore:
     # -- public API -----------------------------------------------------------------------
 
     def pixels(self, items=None):
-        """float32 ``[len(items), 3, S, S]`` in [0, 1] for internal ids ``items`` (all rows when ``None``: one
-        full float copy, so batch over ids for a large catalogue). The padding row and items without an image
-        are zeros (flat grey under ``image_policy: placeholder``)."""
-        rows = self._pixels_u8 if items is None else self._pixels_u8[torch.as_tensor(items).cpu().numpy()]
-        return to_float(rows)
+        """float32 ``[len(items), 3, S, S]`` in [0, 1] for internal ids ``items``, read from disk (all rows when
+        ``None``: one full float copy, so batch over ids for a large catalogue). The padding row and items without an
+        image are zeros (flat grey under ``image_policy: placeholder``)."""
+        return to_float(self._pixels_u8[slice(None) if items is None else torch.as_tensor(items).cpu().numpy()])
 
     def item_texts(self):
         """Text (title/name) per internal item id; '' for the padding item and items without text."""
@@ -242,7 +235,8 @@ class ItemImageStore:
         return [columns[field].get(t, "") if i else "" for i, t in enumerate(self.item_tokens)]
 
     def cached(self, kind, settings, compute):
-        """Per-item derived features through the disk cache, ``np.ndarray [item_num, ...]``.
+        """Per-item derived features through the disk cache, :class:`~recbole_gen.data.cache.CachedRows`
+        ``[item_num, ...]`` (read on demand; ``np.asarray`` reads them all).
 
         ``compute(item_indices: LongTensor, pixels: FloatTensor[len, 3, S, S]) -> np.ndarray`` is called in
         batches of :data:`COMPUTE_BATCH` for the items whose entry (image content hash + ``settings`` + pixel
@@ -347,7 +341,8 @@ def _pixel_settings(config):
 
 
 def _decode_all(config, tokens, paths, problems):
-    """Content hashes ('' = no usable image) and uint8 pixels [n, 3, S, S], decoding only what the cache lacks."""
+    """Content hashes ('' = no usable image), every usable image in the pixel cache: decodes only what it lacks (and
+    warns about new images of a single flat colour)."""
     folder = dataset_folder(config)
     settings = _pixel_settings(config)
     size, fit, background = settings["size"], settings["fit"], tuple(settings["background"])
@@ -359,9 +354,8 @@ def _decode_all(config, tokens, paths, problems):
             except OSError as error:
                 problems.add("unreadable", tokens[i], f"{_relative(path, folder)} ({error})")
     cache = FeatureCache(cache_dir(config), lock=lambda: folder_lock(folder))
-    rows, missing = cache.fetch("pixels", settings, hashes)
     decoded = {}
-    for i in missing:
+    for i in cache.missing("pixels", settings, hashes):
         try:
             decoded[hashes[i]] = decode_image(paths[i], size, fit, background)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
@@ -370,15 +364,24 @@ def _decode_all(config, tokens, paths, problems):
     # entries are content-addressed, so good items are cached even if others are bad
     if decoded:
         cache.put("pixels", settings, list(decoded), np.stack(list(decoded.values())))
-    pixels = np.zeros((len(tokens), 3, size, size), dtype=np.uint8)
-    for i, h in enumerate(hashes):
-        if h in decoded:
-            pixels[i] = decoded[h]
-        elif h and rows is not None:
-            pixels[i] = rows[i]
+    blank = [tokens[i] for i, h in enumerate(hashes) if h in decoded and decoded[h].min() == decoded[h].max()]
+    if blank:
+        logger.warning(f"{len(blank)} item image(s) are a single flat colour (check them): "
+                       f"{', '.join(blank[:SHOW])}{' ...' if len(blank) > SHOW else ''}")
     logger.info(f"item images: {sum(1 for h in hashes[1:] if h)}/{len(tokens) - 1} items at {size}px, "
                 f"{len(decoded)} decoded, the rest from cache {cache.root}")
-    return hashes, pixels
+    return hashes
+
+
+def _pixel_rows(config, hashes):
+    """The pixel cache's rows of ``hashes``, memory-mapped (:class:`~recbole_gen.data.cache.CachedRows`); the
+    placeholder's flat grey is an entry of its own."""
+    settings, size = _pixel_settings(config), int(config["image_size"])
+    cache = FeatureCache(cache_dir(config), lock=lambda: folder_lock(dataset_folder(config)))
+    if PLACEHOLDER_HASH in hashes and len(cache.missing("pixels", settings, [PLACEHOLDER_HASH])):
+        cache.put("pixels", settings, [PLACEHOLDER_HASH], np.full((1, 3, size, size), 128, dtype=np.uint8))
+    rows = cache.rows("pixels", settings, hashes)
+    return rows if rows is not None else CachedRows(np.zeros((0, 3, size, size), np.uint8), np.full(len(hashes), -1))
 
 
 def _relative(path, folder):

@@ -8,28 +8,44 @@ per-user image values under ``gen.*`` keys. Each user's "samples" are:
   ``Interaction`` under :data:`SAMPLES` (and :data:`SAMPLE_MASK`);
 * for a **ranker**: the catalogue embeddings of its top-``eval_image_samples`` items by score.
 
+A generator on a large catalogue hands over :class:`~recbole_gen.evaluator.scoring.TopKScores` (each user's top
+items from the index search) instead of a ``[users, item_num]`` score matrix; :meth:`ImageCollector.eval_batch_collect`
+then makes RecBole's top-k entries (``rec.items``, ``rec.topk``) from them directly.
+
 General models (Pop) have no ``item_id_list``: the loop puts each user's training items under :data:`HISTORY`.
 The Fréchet statistics are running sums (memory does not grow with the number of batches); with ``eval_fd_per_user``
 each user's FD features are kept as well (``eval_fd_dim`` floats per image), so that FD can be recomputed on resampled
 users. Every evaluated row's user id is kept under :data:`USER`, and the last evaluation's data struct stays
-available as ``last_struct``: :mod:`recbole_gen.evaluator.intervals` turns it into per-user values.
+available as ``last_struct``: :mod:`recbole_gen.evaluator.intervals` turns it into per-user values. Under
+``--nproc > 1`` the struct is the whole evaluation's, every rank's rows gathered (:mod:`recbole_gen.evaluator.distributed`).
 """
 import torch
 from recbole.evaluator.collector import Collector
 
+from recbole_gen.evaluator.distributed import RECBOLE_ROW_KEYS, gather_struct, row_positions
 from recbole_gen.evaluator.functional import FrechetStats, image_metrics
 from recbole_gen.evaluator.metrics import NEED
+from recbole_gen.evaluator.scoring import TopKScores
 
 SAMPLES, SAMPLE_MASK, HISTORY = "gen_sample_emb", "gen_sample_mask", "gen_history"
-USER = "eval.user"
+USER, POSITION = "eval.user", "eval.position"
 PER_USER = ("target_sim", "target_sim_best", "history_sim", "future_sim", "diversity", "novelty", "oracle_utility",
             "nearest")
+ROW_KEYS = (*RECBOLE_ROW_KEYS, USER, POSITION, "gen.fd_generated", "gen.fd_real", *(f"gen.{k}" for k in PER_USER))
+SUM_KEYS = ("gen.fd_stats",)
 
 
 class ImageCollector(Collector):
     def __init__(self, config):
         super().__init__(config)
         self.catalogue = self.judge = self.future_by_user = self.last_struct = None
+        self.eval_rows = self.rows_seen = 0
+        self.gathers = False
+
+    def start_evaluation(self, rows, gather):
+        """A new evaluation of ``rows`` rows (the eval loader's ``sample_size``); ``gather``: this rank holds a shard
+        of them (multi-process full-sort evaluation) and the struct is to be gathered from every rank."""
+        self.eval_rows, self.rows_seen, self.gathers = int(rows), 0, bool(gather)
 
     def set_image_context(self, catalogue, judge=None, future_by_user=None):
         """The catalogue (evaluation encoder + index), the OracleUtility judge, and each user's later items (the
@@ -37,19 +53,48 @@ class ImageCollector(Collector):
         self.catalogue, self.judge, self.future_by_user = catalogue, judge, future_by_user
 
     def eval_batch_collect(self, scores_tensor, interaction, positive_u, positive_i):
-        super().eval_batch_collect(scores_tensor, interaction, positive_u, positive_i)
+        if isinstance(scores_tensor, TopKScores):
+            self._collect_topk(scores_tensor, positive_u.cpu(), positive_i.cpu())
+        else:
+            super().eval_batch_collect(scores_tensor, interaction, positive_u, positive_i)
         uid = self.config["USER_ID_FIELD"]
         if uid in interaction:
             self.data_struct.update_tensor(USER, interaction[uid].cpu())
+        batch = scores_tensor.shape[0]
+        real = torch.ones(batch, dtype=torch.bool)
+        if self.gathers:
+            positions = row_positions(self.config, self.rows_seen, batch)
+            self.data_struct.update_tensor(POSITION, positions)
+            real = positions < self.eval_rows  # the sampler's padding repeats users: kept out of the running sums
+        self.rows_seen += batch
         if self.register.need(NEED):
-            self._collect_images(scores_tensor, interaction, positive_u, positive_i)
+            self._collect_images(scores_tensor, interaction, positive_u, positive_i, real)
 
     def get_data_struct(self):
         struct = super().get_data_struct()
-        for key in [k for k in self.data_struct._data_dict if k.startswith("gen.") or k == USER]:
+        for key in [k for k in self.data_struct._data_dict if k.startswith("gen.") or k in (USER, POSITION)]:
             del self.data_struct[key]
+        if self.gathers:
+            struct = gather_struct(struct, ROW_KEYS, SUM_KEYS, POSITION, self.eval_rows)
         self.last_struct = struct
         return struct
+
+    def _collect_topk(self, top, positive_u, positive_i):
+        """RecBole's ``rec.items`` and ``rec.topk`` as ``Collector.eval_batch_collect`` derives them from dense scores
+        (top items; whether each is a positive, then the row's positive count), from the top items alone: a positive
+        outside them is "not in the top-k", all those metrics need to know."""
+        dense = [key for key in ("rec.meanrank", "rec.score") if self.register.need(key)]
+        if dense:
+            raise ValueError(f"the metrics need every item's score ({', '.join(dense)}, e.g. GAUC), which the index "
+                             f"search's top-k does not give: set gen_rank_from: scores")
+        items = top.items[:, :max(self.topk)]
+        if self.register.need("rec.items"):
+            self.data_struct.update_tensor("rec.items", items.clamp(min=0))  # no item found: the padding item
+        if self.register.need("rec.topk"):
+            hits = torch.zeros(items.shape, dtype=torch.int)
+            hits.index_put_((positive_u,), (items[positive_u] == positive_i.unsqueeze(1)).int(), accumulate=True)
+            positives = torch.bincount(positive_u, minlength=len(items)).int().unsqueeze(1)
+            self.data_struct.update_tensor("rec.topk", torch.cat([hits, positives], dim=1))
 
     def _samples(self, scores, interaction):
         if SAMPLES in interaction:
@@ -78,7 +123,7 @@ class ImageCollector(Collector):
             future[row, :len(items)] = torch.tensor(items, dtype=torch.long)
         return future
 
-    def _collect_images(self, scores, interaction, positive_u, positive_i):
+    def _collect_images(self, scores, interaction, positive_u, positive_i, real):
         catalogue, struct = self.catalogue, self.data_struct
         batch = scores.shape[0]
         target = torch.zeros(batch, dtype=torch.long)
@@ -91,8 +136,8 @@ class ImageCollector(Collector):
         for key in PER_USER:
             struct.update_tensor(f"gen.{key}", values[key])
         keep = torch.ones(samples.shape[:2], dtype=torch.bool) if mask is None else mask
-        stats = FrechetStats.row(catalogue.fd_features(samples[keep]),
-                                 catalogue.fd_features(catalogue.embeddings[target[catalogue.has_image[target]]]))
+        stats = FrechetStats.row(catalogue.fd_features(samples[keep & real.unsqueeze(1)]),
+                                 catalogue.fd_features(catalogue.embeddings[target[catalogue.has_image[target] & real]]))
         struct.set("gen.fd_stats", stats if "gen.fd_stats" not in struct else struct["gen.fd_stats"] + stats)
         if self.config["eval_fd_per_user"]:  # NaN rows: images FD leaves out
             generated = catalogue.fd_features(samples).view(batch, samples.shape[1], -1)

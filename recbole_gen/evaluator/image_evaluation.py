@@ -5,13 +5,19 @@
 * ranks a **generator**'s catalogue by its images: ``model.generate_images(batch)`` (the model's one contract
   with the evaluation), embedded by the evaluation encoder and searched in the catalogue (each item's score: its
   best, or mean, cosine to the user's images, ``eval_score_reduce``); with ``gen_rank_by: plan`` by the model's
-  own ``full_sort_predict``, with ``both`` by reciprocal-rank fusion of the two;
+  own ``full_sort_predict``, with ``both`` by reciprocal-rank fusion of the two; on a large catalogue (an approximate
+  index, ``gen_rank_from``) only each user's top items from the index search reach RecBole's collector, never a
+  ``[users, item_num]`` score matrix;
 * hands the images' embeddings (or, for general models, each user's history) to the
   :class:`~recbole_gen.evaluator.collector.ImageCollector` in the batch's ``Interaction``, so
   ``metrics: [Hit, NDCG, TargetSim, FD]`` gives one result dict.
 
 FutureSim needs the user's later items: ``trainer.set_future_data(test_data)``; the validation phase then
 uses each user's test item(s) as the future (the test phase has none: NaN).
+
+Under ``--nproc > 1`` each rank evaluates its shard of the users and the collector gathers every rank's rows, so
+every metric (FD, ImageCoverage, Diversity too) is computed once on all users, as in one process, instead of
+RecBole's average of per-rank results; rank 0 encodes the catalogue into the cache, the others read it.
 """
 from logging import getLogger
 
@@ -20,10 +26,13 @@ from recbole.data.interaction import Interaction
 
 from recbole_gen.evaluator.collector import HISTORY, SAMPLES, ImageCollector
 from recbole_gen.evaluator.metrics import wants_image_metrics
-from recbole_gen.evaluator.scoring import catalogue_scores, rank_fusion
+from recbole_gen.evaluator.scoring import TopKScores, catalogue_scores, catalogue_topk, rank_fusion
 from recbole_gen.model.generative import GenerativeRecommender
+from recbole_gen.trainer.distributed import is_distributed, rank0_first
+from recbole_gen.utils import with_mixin
 
 RANK_BY = ("images", "plan", "both")
+RANK_FROM = ("auto", "scores", "index")
 
 
 class ImageEvaluationMixin:
@@ -53,21 +62,25 @@ class ImageEvaluationMixin:
 
     @torch.no_grad()
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
-        if not eval_data or not (self._draws or wants_image_metrics(self.config)):
-            return super().evaluate(eval_data, load_best_model, model_file, show_progress)
         from recbole.data.dataloader import FullSortEvalDataLoader
 
+        full_sort = isinstance(eval_data, FullSortEvalDataLoader)
+        if eval_data:
+            self.eval_collector.start_evaluation(eval_data.sample_size, gather=full_sort and is_distributed(self.config))
+        if not eval_data or not (self._draws or wants_image_metrics(self.config)):
+            return super().evaluate(eval_data, load_best_model, model_file, show_progress)
         from recbole_gen.evaluator.oracle import build_oracle_judge
         from recbole_gen.retrieval.catalogue import ImageCatalogue
 
-        if not isinstance(eval_data, FullSortEvalDataLoader):
+        if not full_sort:
             raise ValueError("image metrics and generators need full-sort evaluation (eval_args: {mode: full}): "
                              "they score the whole catalogue")
         dataset = eval_data._dataset
         if getattr(dataset, "image_store", None) is None:
             raise ValueError("image metrics need a dataset with item images: build it with "
                              "recbole_gen.data.create_dataset(config, images=True) (run_recbole does)")
-        self.catalogue = ImageCatalogue.from_config(self.config, dataset.image_store)
+        with rank0_first(self.config):
+            self.catalogue = ImageCatalogue.from_config(self.config, dataset.image_store)
         future = self._future_by_user if dataset is not self._future_dataset else None
         self.eval_collector.set_image_context(self.catalogue, build_oracle_judge(self.config, dataset, self.catalogue), future)
         result = super().evaluate(eval_data, load_best_model, model_file, show_progress)
@@ -75,6 +88,10 @@ class ImageEvaluationMixin:
                                   "index": self.catalogue.index.kind, "catalogue_items": self.catalogue.num_valid}
         getLogger().info(f"image evaluation by encoder {self.catalogue.describe()}")
         return result
+
+    def _map_reduce(self, result, num_sample):
+        """RecBole averages per-rank results; a gathered evaluation's result is already the whole one."""
+        return result if self.eval_collector.gathers else super()._map_reduce(result, num_sample)
 
     def _full_sort_batch_eval(self, batched_data):
         if not self._draws:
@@ -88,6 +105,10 @@ class ImageEvaluationMixin:
         pixels = self.model.generate_images(interaction).pixels
         batch, n = pixels.shape[:2]
         samples = self.catalogue.encode(pixels.flatten(0, 1)).view(batch, n, -1)
+        if self._ranks_from_index(history_index):
+            scores, items = catalogue_topk(samples, self.catalogue, max(self.config["topk"]))
+            interaction.update(Interaction({SAMPLES: samples}))
+            return interaction, TopKScores(scores, items, self.catalogue.item_num), positive_u, positive_i
         scores = catalogue_scores(samples, self.catalogue, reduce=self.config["eval_score_reduce"]).to(self.device)
         if self.rank_by == "both":
             scores = rank_fusion(scores, self.model.full_sort_predict(interaction).float())
@@ -96,6 +117,24 @@ class ImageEvaluationMixin:
             scores[history_index] = -torch.inf
         interaction.update(Interaction({SAMPLES: samples}))
         return interaction, scores, positive_u, positive_i
+
+    def _ranks_from_index(self, history_index):
+        """Whether the images' ranking reaches RecBole as each user's top items from the index search (``gen_rank_from:
+        index``; ``auto``: where the index is approximate, so that scoring every item would be the larger cost). It
+        needs ``gen_rank_by: images``, ``eval_score_reduce: max`` and only top-k metrics."""
+        mode = self.config["gen_rank_from"]
+        if mode not in RANK_FROM:
+            raise ValueError(f"gen_rank_from must be one of {', '.join(RANK_FROM)}, got {mode!r}")
+        if mode == "scores":
+            return False
+        register = self.eval_collector.register
+        fits = (self.rank_by == "images" and self.config["eval_score_reduce"] == "max" and history_index is None
+                and not (register.need("rec.meanrank") or register.need("rec.score")))
+        if mode == "index" and not fits:
+            raise ValueError("gen_rank_from: index takes each user's top items from the index search: it needs "
+                             "gen_rank_by: images, eval_score_reduce: max, a sequential model and only top-k metrics "
+                             "(Hit, NDCG, MRR, ...; not GAUC); set gen_rank_from: scores")
+        return fits and (mode == "index" or not self.catalogue.index.exact)
 
     def _history(self, batched_data, batch):
         """Each user's training items (RecBole's ``history_index``) as 0-padded rows, for models without sequences."""
@@ -113,16 +152,6 @@ class ImageEvaluationMixin:
         return history
 
 
-_WRAPPED = {}
-
-
 def with_image_evaluation(trainer_class):
     """``trainer_class`` with image evaluation (a cached subclass; unchanged if it has it already)."""
-    if issubclass(trainer_class, ImageEvaluationMixin):
-        return trainer_class
-    if trainer_class not in _WRAPPED:
-        _WRAPPED[trainer_class] = type(
-            f"{trainer_class.__name__}WithImageEvaluation", (ImageEvaluationMixin, trainer_class),
-            {"__module__": __name__, "__doc__": f"{trainer_class.__name__} + recbole-gen image evaluation."},
-        )
-    return _WRAPPED[trainer_class]
+    return with_mixin(trainer_class, ImageEvaluationMixin)

@@ -2,8 +2,12 @@
 
 Each catalogue item's score is its best (``reduce='max'``, default) or mean (``reduce='mean'``)
 cosine similarity to the user's generated images, so RecBole's Hit@K / NDCG@K / MRR@K mean "the true
-next item is among the K catalogue items nearest to the generated images".
+next item is among the K catalogue items nearest to the generated images". On a large catalogue the
+evaluation keeps only each user's top items from the index search (:func:`catalogue_topk`, handed on as
+:class:`TopKScores`) instead of a ``[users, item_num]`` matrix.
 """
+from dataclasses import dataclass
+
 import torch
 
 from recbole_gen.retrieval.index import as_catalogue_index
@@ -58,6 +62,20 @@ def catalogue_scores(sample_emb, index, reduce="max", sample_mask=None):
         counts = n if sample_mask is None else sample_mask.to(full.device).float().sum(1, keepdim=True)
         scores = full.masked_fill(torch.isinf(full), 0.0).sum(dim=1) / counts
     return scores.masked_fill(invalid.squeeze(1), float("-inf"))
+
+
+@dataclass
+class TopKScores:
+    """A ``[batch, item_num]`` score matrix of which only each row's best ``k`` are known, best first (``items``
+    -1 = no item): what a generator's evaluation hands RecBole's collector instead of the dense matrix."""
+
+    scores: torch.Tensor
+    items: torch.Tensor
+    item_num: int
+
+    @property
+    def shape(self):
+        return (self.items.shape[0], self.item_num)
 
 
 def catalogue_topk(sample_emb, index, k):

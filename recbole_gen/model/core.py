@@ -58,8 +58,7 @@ class GenLMMCore(ItemContent, nn.Module):
         self.item_pixels = item_pixels
         hidden = self.hidden = self.lmm.config.text_config.hidden_size
         dtype = next(self.lmm.parameters()).dtype
-        self.register_buffer("item_tokens", torch.zeros(item_num, self.num_image_tokens, dtype=torch.int32), persistent=False)
-        self.tokens_ready = False
+        self.item_tokens = vqlib.ItemTokens(item_num, self.num_image_tokens, self.lmm.config.vq_config.num_embeddings, "GenLMM")
 
         per_item = s.history_tokens_per_item if s.history_mode == "semantic" else self.num_image_tokens
         self.tokens_per_item = per_item
@@ -99,25 +98,14 @@ class GenLMMCore(ItemContent, nn.Module):
 
     def set_item_tokens(self, tokens):
         """The catalogue's image tokens ``[item_num, grid*grid]`` under this model's tokenizer (row 0 unused)."""
-        tokens = torch.as_tensor(tokens)
-        if tokens.shape != self.item_tokens.shape:
-            raise ValueError(f"item tokens have shape {tuple(tokens.shape)}, expected {tuple(self.item_tokens.shape)}")
-        self.item_tokens.copy_(tokens.to(self.item_tokens.dtype))
-        self.item_tokens[0] = 0
-        self.tokens_ready = True
+        self.item_tokens.set(tokens)
 
     def set_plan_codes(self, codes):
         """Each item's semantic code ``[item_num]`` (``plan: semantic``); row 0 unused."""
         self.plan_code.copy_(torch.as_tensor(codes, dtype=torch.long))
 
-    def _require_tokens(self):
-        if not self.tokens_ready:
-            raise RuntimeError("GenLMM has no catalogue image tokens yet: prepare its artifacts first with "
-                               "prepare_artifacts(config, model) from recbole_gen/trainer/artifacts.py (run_recbole, "
-                               "load_data_and_model and the benchmark do)")
-
     def tokens_of(self, items):
-        return self.item_tokens[items].long()
+        return self.item_tokens.of(items, self.lmm.device)
 
     # ----------------------------------------------------------------- training setup
     def _configure_training(self):
@@ -226,7 +214,7 @@ class GenLMMCore(ItemContent, nn.Module):
         return self.lmm.model.get_image_features(pixel_values=(pixels * 2 - 1).to(next(vision.parameters()).dtype)).pooler_output
 
     def prompt_embeds(self, histories, prompt=None):
-        device = self.item_tokens.device
+        device = self.lmm.device
         ids, mask = (prompt or self.prompt).batch(histories, device)
         embeds = self.lmm.get_input_embeddings()(ids)
         flat = [i for items in histories for i in items]
@@ -246,7 +234,7 @@ class GenLMMCore(ItemContent, nn.Module):
     def plan_vectors(self):
         """The vectors plans are scored against and fed as: one per item (``plan: item``; row 0 is padding) or
         one per semantic code (the mean content vector of its items)."""
-        items = torch.arange(self.item_num, device=self.item_tokens.device)
+        items = torch.arange(self.item_num, device=self.lmm.device)
         vectors = self.content_vectors(items)
         if self.settings.plan == "item":
             return vectors
@@ -370,7 +358,7 @@ class GenLMMCore(ItemContent, nn.Module):
         """Draw ``num_samples`` images per history (lists of item ids, oldest first). Returns ``(tokens [B, n,
         grid*grid], plans [B, n])``; ``plans`` may be given ``[B, n]`` to draw chosen items (e.g. a redraw);
         ``prompt``: another :class:`PromptBuilder` (the catalogue pre-training's instruction)."""
-        self._require_tokens()
+        self.item_tokens.require()
         n_users = len(histories)
         rows = [h for h in histories for _ in range(num_samples)]
         sample_index = [s for _ in histories for s in range(num_samples)]

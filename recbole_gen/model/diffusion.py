@@ -37,8 +37,7 @@ class GenDiffCore(ItemContent, nn.Module):
         super().__init__()
         s = self.settings = settings
         self.item_pixels = item_pixels
-        self.register_buffer("item_tokens", torch.zeros(item_num, s.vq_grid ** 2, dtype=torch.int32), persistent=False)
-        self.tokens_ready = False
+        self.item_tokens = vqlib.ItemTokens(item_num, s.vq_grid ** 2, s.vq_codebook_size, "GenDiff")
         with torch.random.fork_rng(devices=[]):  # the same initial weights whatever ran before
             torch.manual_seed(s.base_seed)
             self.vq = JanusVQVAE(vqlib.build_vq_config(s)).eval().requires_grad_(False)
@@ -72,15 +71,10 @@ class GenDiffCore(ItemContent, nn.Module):
     # ----------------------------------------------------------------- artifacts handed in
     def set_item_tokens(self, tokens):
         """The catalogue's image tokens ``[item_num, grid*grid]`` under ``vq`` (row 0 unused)."""
-        self.item_tokens.copy_(torch.as_tensor(tokens))
-        self.tokens_ready = True
+        self.item_tokens.set(tokens)
 
     def tokens_of(self, items):
-        if not self.tokens_ready:
-            raise RuntimeError("GenDiff has no catalogue image tokens yet: prepare its artifacts first with "
-                               "prepare_artifacts(config, model) from recbole_gen/trainer/artifacts.py (run_recbole, "
-                               "load_data_and_model and the benchmark do)")
-        return self.item_tokens[items].long()
+        return self.item_tokens.of(items, self.null_token.device)
 
     # ----------------------------------------------------------------- the space it draws in
     @torch.no_grad()

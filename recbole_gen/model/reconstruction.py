@@ -39,8 +39,8 @@ class TokenizerReconstruction(TrainingFree, GenerativeRecommender):
         super().__init__(config, dataset)
         self.settings = ReconstructionSettings.from_config(config)
         self.vq = JanusVQVAE(vqlib.build_vq_config(self.settings)).eval().requires_grad_(False)
-        self.register_buffer("item_tokens", torch.zeros(dataset.item_num, self.settings.vq_grid ** 2, dtype=torch.long),
-                             persistent=False)
+        self.item_tokens = vqlib.ItemTokens(dataset.item_num, self.settings.vq_grid ** 2, self.settings.vq_codebook_size,
+                                            "TokenizerReconstruction")
 
     # the artifact step's view of the tokenizer
     image_tokenizer = property(lambda self: self.vq)
@@ -48,7 +48,7 @@ class TokenizerReconstruction(TrainingFree, GenerativeRecommender):
     tokenizer_settings = property(lambda self: self.settings)
 
     def set_item_tokens(self, tokens):
-        self.item_tokens.copy_(torch.as_tensor(tokens, dtype=torch.long))
+        self.item_tokens.set(tokens)
 
     @torch.no_grad()
     def generate_images(self, interaction, num_samples=None, seed=None, **generation):
@@ -56,7 +56,7 @@ class TokenizerReconstruction(TrainingFree, GenerativeRecommender):
         seq, length = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
         items = interaction[self.ITEM_ID] if self.settings.reconstruct == "target" else \
             self.gather_indexes(seq.unsqueeze(-1), length - 1).squeeze(-1)
-        pixels = vqlib.decode(self.vq, self.item_tokens[items]).unsqueeze(1)
+        pixels = vqlib.decode(self.vq, self.item_tokens.of(items, self.vq.device)).unsqueeze(1)
         histories = [row[:n].tolist() for row, n in zip(seq.cpu(), length.tolist())]
         return Generation(pixels=pixels, plans=items.view(-1, 1).cpu(), histories=histories)
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from transformers import JanusVQVAEConfig
 
 from recbole_gen.config import Settings
+from recbole_gen.data.cache import CachedRows
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,42 @@ def nearest_codes(vq, z):
     codes = F.normalize(vq.quantize.embedding.weight.float(), dim=1)
     flat = z.float().permute(0, 2, 3, 1).reshape(-1, z.shape[1])
     return (flat @ codes.t()).argmax(1).view(len(z), -1)
+
+
+def token_dtype(codebook_size):
+    """The smallest integer type holding ``codebook_size`` codes (int16 up to 32,768: Janus-Pro's 16,384 too)."""
+    return np.int16 if codebook_size <= 2 ** 15 else np.int32
+
+
+class ItemTokens:
+    """The catalogue's image tokens ``[item_num, tokens per image]``, kept out of the module's buffers: DDP would
+    broadcast a buffer on every forward and ``.to(device)`` would copy it. A read-only table on the CPU (the store's
+    token cache, memory-mapped, or a compact integer array) whose rows :meth:`of` gathers per batch onto the
+    model's device. Checkpoints never held it: the artifact step hands it in (recbole_gen/trainer/artifacts.py).
+    """
+
+    def __init__(self, item_num, tokens_per_item, codebook_size, owner):
+        self.shape, self.dtype, self.owner, self.rows = (item_num, tokens_per_item), token_dtype(codebook_size), owner, None
+
+    def require(self):
+        if self.rows is None:
+            raise RuntimeError(f"{self.owner} has no catalogue image tokens yet: prepare its artifacts first with "
+                               "prepare_artifacts(config, model) from recbole_gen/trainer/artifacts.py (run_recbole, "
+                               "load_data_and_model and the benchmark do)")
+
+    def set(self, tokens):
+        """``tokens``: ``CachedRows`` of the token cache (kept as it is: row 0, padding, has no entry) or any array."""
+        if tuple(tokens.shape) != self.shape:
+            raise ValueError(f"item tokens have shape {tuple(tokens.shape)}, expected {self.shape}")
+        if not isinstance(tokens, CachedRows):
+            tokens = np.array(torch.as_tensor(tokens).cpu(), dtype=self.dtype)
+            tokens[0] = 0
+        self.rows = tokens
+
+    def of(self, items, device):
+        """Tokens of ``items`` (LongTensor, any shape) as LongTensor ``[*items.shape, tokens per image]`` on ``device``."""
+        self.require()
+        return torch.from_numpy(self.rows[items.cpu().numpy()].astype(np.int64)).to(device)
 
 
 @torch.no_grad()

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from recbole_gen.retrieval.encoders import build_image_encoder_from_config
-from recbole_gen.retrieval.index import CatalogueIndex, EmptyCatalogueError
+from recbole_gen.retrieval.index import CatalogueIndex, EmptyCatalogueError, IndexSettings
 
 _CACHE = {}
 
@@ -95,14 +95,16 @@ class ImageCatalogue:
         ids = torch.nonzero(has_image).flatten()
         if hasattr(encoder, "fit") and encoder.mean is None:
             encoder.fit(store.pixels(chunk) for chunk in torch.split(ids, 1024))
-        embeddings = store.cached(f"embeddings-{encoder.name}", encoder.settings(),
-                                  lambda _, pixels: encoder.encode(pixels).cpu().numpy())
+        embeddings = np.asarray(store.cached(f"embeddings-{encoder.name}", encoder.settings(),
+                                             lambda _, pixels: encoder.encode(pixels).cpu().numpy()))
         return cls._indexed(encoder, embeddings, has_image, index_config, fd_dim)
 
     @classmethod
     def _indexed(cls, encoder, embeddings, has_image, index_config, fd_dim):
-        index = CatalogueIndex.from_settings(torch.as_tensor(embeddings) * has_image.unsqueeze(1), valid=has_image,
-                                             config=index_config)
+        """The catalogue and its index over one float copy of the embeddings (rows without an image zeroed)."""
+        embeddings = torch.as_tensor(np.asarray(embeddings), dtype=torch.float32)
+        embeddings[~has_image] = 0
+        index = CatalogueIndex.from_settings(embeddings, valid=has_image, config=index_config)
         return cls(encoder, embeddings, has_image, index=index, fd_dim=fd_dim)
 
     @classmethod
@@ -113,7 +115,7 @@ class ImageCatalogue:
         encoder = build_image_encoder_from_config(config, prefix)
         key = (str(store.folder), tuple(store.item_hashes), store.image_size, prefix, repr(sorted(
             (k, str(v)) for k, v in encoder.settings().items())) if encoder.name != "pixel" else "pixel",
-            str(config[f"{prefix}_size"]), str(config["eval_index"]))
+            str(config[f"{prefix}_size"]), repr(IndexSettings.from_config(config).as_dict()))
         if key not in _CACHE:
             _CACHE[key] = cls.from_store(store, encoder, index_config=config, fd_dim=config["eval_fd_dim"])
             logging.getLogger().info(f"image catalogue ({prefix}): {_CACHE[key].describe()}")

@@ -1,13 +1,26 @@
 """FAISS index over the catalogue's image embeddings (inner product = cosine: rows are L2-normalised).
 
-* ``kind='flat'`` (default): ``IndexFlatIP``, exact, no training.
-* ``kind='hnsw'``: ``IndexHNSWFlat`` (inner product), approximate; ``hnsw_m`` links per node,
-  ``ef_search`` candidates per query. ``kind='ivf'``: ``IndexIVFFlat`` (``nlist`` cells, ``nprobe``
-  visited). Use :meth:`CatalogueIndex.recall_vs_exact` to measure what an approximate index loses.
+Kinds (``eval_index``; measured recall and speed in docs/scale.md), each a FAISS index-factory string:
+
+* ``flat``: ``Flat``, exact, no training.
+* ``hnsw``: ``HNSW<m>,Flat``, a graph over the items (``eval_index_hnsw_m`` links per node,
+  ``eval_index_ef_construction`` / ``eval_index_ef_search`` candidates while building / per query).
+* ``ivf``: ``IVF<nlist>,Flat``, k-means cells (``eval_index_nlist``, ~ = ``eval_index_nlist_factor`` x
+  sqrt(items)); a query visits ``eval_index_nprobe`` cells.
+* ``ivf_hnsw``: ``IVF<nlist>_HNSW<m>,Flat``, the same with an HNSW graph finding the cells
+  (``eval_index_quantizer_ef_search``): many cells stay fast.
+* ``ivf_pq``: ``IVF<nlist>_HNSW<m>,PQ<dim/pq_dims>x<pq_bits>np``, compressed codes; each query's best
+  ``k x eval_index_pq_rerank`` candidates are re-scored exactly.
+* ``auto``: by the number of valid items (:func:`auto_kind`, ``eval_index_auto_limits``): flat, then ivf,
+  ivf_hnsw, ivf_pq as the catalogue grows.
+
+An approximate index may miss items (:meth:`CatalogueIndex.recall_vs_exact` measures how many); the scores it
+returns are exact cosines of the items it finds. HNSW graphs are built on several threads, so an index with a
+graph can differ slightly from one build to the next.
 
 Item ids are RecBole's internal ids (rows of the embedding matrix). Row 0 (padding) and items
 marked invalid (no image) are not in the index: :meth:`search` never returns them and
-:meth:`full_scores` gives them ``-inf``. When fewer than ``k`` items are valid, the missing result
+:meth:`full_scores` gives them ``-inf``. When fewer than ``k`` items are found, the missing result
 slots hold id ``-1`` and score ``-inf``.
 
 Ties: :meth:`search` returns equal scores in FAISS's order (for the flat index, lower item id
@@ -16,12 +29,84 @@ first in practice, not guaranteed); :meth:`full_scores` leaves the order to whoe
 scores, so which of them is "hit" is arbitrary; similarity metrics (TargetSim...) treat them as the
 same answer.
 """
+import math
+from dataclasses import dataclass
+from typing import Optional
+
 import numpy as np
 import torch
+
+from recbole_gen.config import ConfigError, Settings
+
+KINDS = ("flat", "hnsw", "ivf", "ivf_hnsw", "ivf_pq")
+AUTO_KINDS = ("flat", "ivf", "ivf_hnsw", "ivf_pq")  # what ``auto`` picks, smallest catalogue first
+POINTS_PER_CELL = 39  # FAISS's k-means wants this many training points per cell (it warns below)
 
 
 class EmptyCatalogueError(ValueError):
     """No item of the catalogue has an embedding."""
+
+
+@dataclass(frozen=True)
+class IndexSettings(Settings):
+    """The catalogue index's keys (defaults and meaning: properties/overall.yaml; choosing them: docs/scale.md)."""
+
+    eval_index: str
+    eval_index_auto_limits: list
+    eval_index_hnsw_m: int
+    eval_index_ef_construction: int
+    eval_index_ef_search: int
+    eval_index_nlist: Optional[int]
+    eval_index_nlist_factor: float
+    eval_index_nprobe: int
+    eval_index_quantizer_ef_search: int
+    eval_index_pq_dims: int
+    eval_index_pq_bits: int
+    eval_index_pq_rerank: int
+
+    def check(self):
+        self.require(self.eval_index in (*KINDS, "auto"), "eval_index", f"one of {', '.join(KINDS)} or auto")
+        limits = self.eval_index_auto_limits
+        self.require(len(limits) == len(AUTO_KINDS) - 1 and all(int(a) < int(b) for a, b in zip(limits, limits[1:])),
+                     "eval_index_auto_limits", f"{len(AUTO_KINDS) - 1} increasing item counts "
+                     f"(where {', '.join(AUTO_KINDS[1:])} take over)")
+        for key in ("eval_index_hnsw_m", "eval_index_ef_construction", "eval_index_ef_search", "eval_index_nprobe",
+                    "eval_index_quantizer_ef_search", "eval_index_pq_dims", "eval_index_pq_bits", "eval_index_pq_rerank"):
+            self.require(getattr(self, key) >= 1, key, ">= 1")
+        self.require(self.eval_index_nlist is None or self.eval_index_nlist >= 1, "eval_index_nlist", "~ or >= 1")
+        self.require(self.eval_index_nlist_factor > 0, "eval_index_nlist_factor", "> 0")
+
+
+def auto_kind(num_items, limits):
+    """The kind ``eval_index: auto`` picks for ``num_items`` items: flat below ``limits[0]``, ivf below ``limits[1]``,
+    ivf_hnsw below ``limits[2]``, ivf_pq from there on."""
+    for kind, limit in zip(AUTO_KINDS, limits):
+        if num_items < int(limit):
+            return kind
+    return AUTO_KINDS[-1]
+
+
+def factory_string(kind, dim, num_items, settings):
+    """``(index-factory string, search parameters)`` of ``kind`` for ``num_items`` vectors of ``dim`` floats."""
+    s = settings
+    if kind == "flat":
+        return "Flat", ""
+    if kind == "hnsw":
+        return f"HNSW{s.eval_index_hnsw_m},Flat", f"efSearch={s.eval_index_ef_search}"
+    if s.eval_index_nlist:
+        nlist = min(s.eval_index_nlist, num_items)
+    else:
+        nlist = min(round(s.eval_index_nlist_factor * math.sqrt(num_items)), num_items // POINTS_PER_CELL)
+    coarse = f"IVF{max(1, nlist)}" + ("" if kind == "ivf" else f"_HNSW{s.eval_index_hnsw_m}")
+    params = f"nprobe={s.eval_index_nprobe}" + ("" if kind == "ivf" else f",quantizer_efSearch={s.eval_index_quantizer_ef_search}")
+    if kind != "ivf_pq":
+        return f"{coarse},Flat", params
+    if dim % s.eval_index_pq_dims:
+        raise ConfigError(f"eval_index_pq_dims must divide the embedding dimension {dim}, got {s.eval_index_pq_dims}")
+    if num_items < 2 ** s.eval_index_pq_bits:
+        raise ConfigError(f"eval_index: ivf_pq with eval_index_pq_bits {s.eval_index_pq_bits} needs at least "
+                          f"{2 ** s.eval_index_pq_bits} items to train its codebooks, the catalogue has {num_items}")
+    return f"{coarse},PQ{dim // s.eval_index_pq_dims}x{s.eval_index_pq_bits}np", params  # np: no polysemous training
 
 
 def _as_float32(array, what):
@@ -50,12 +135,11 @@ class CatalogueIndex:
         embeddings: ``[item_num, D]`` float (torch or numpy), L2-normalised rows; row 0 is padding.
         valid: optional bool ``[item_num]``: items that may be returned (default: every row but 0
             whose embedding is non-zero).
-        kind: ``'flat'`` (exact), ``'hnsw'`` or ``'ivf'``.
+        settings: :class:`IndexSettings` (``IndexSettings.from_config(config)``), or None for the exact flat index.
         batch_size: queries per FAISS call.
     """
 
-    def __init__(self, embeddings, valid=None, kind="flat", batch_size=4096, hnsw_m=32, ef_search=64,
-                 ef_construction=80, nlist=None, nprobe=8, seed=0):
+    def __init__(self, embeddings, valid=None, settings=None, batch_size=4096):
         import faiss
 
         self.embeddings = _as_float32(embeddings, "catalogue embeddings")
@@ -74,42 +158,31 @@ class CatalogueIndex:
                 f"the catalogue has no item with an image embedding ({self.item_num} rows, row 0 is padding): "
                 "check that the dataset's item images were found"
             )
-        self.kind, self.batch_size = kind, int(batch_size)
+        self.batch_size = int(batch_size)
+        self.kind = "flat" if settings is None else settings.eval_index
+        if self.kind == "auto":
+            self.kind = auto_kind(len(self.ids), settings.eval_index_auto_limits)
+        self.spec, params = factory_string(self.kind, self.dim, len(self.ids), settings)
+        self.rerank = settings.eval_index_pq_rerank if self.kind == "ivf_pq" else 1
         vectors = self.embeddings[self.ids]
-        if kind == "flat":
-            self.faiss_index = faiss.IndexFlatIP(self.dim)
-        elif kind == "hnsw":
-            self.faiss_index = faiss.IndexHNSWFlat(self.dim, int(hnsw_m), faiss.METRIC_INNER_PRODUCT)
-            self.faiss_index.hnsw.efConstruction = int(ef_construction)
-            self.faiss_index.hnsw.efSearch = int(ef_search)
-        elif kind == "ivf":
-            nlist = int(nlist or max(1, min(4 * int(np.sqrt(len(vectors))), len(vectors) // 39 or 1)))
-            quantizer = faiss.IndexFlatIP(self.dim)
-            self.faiss_index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
-            self.faiss_index.cp.seed = int(seed)
+        self.faiss_index = faiss.index_factory(self.dim, self.spec, faiss.METRIC_INNER_PRODUCT)
+        if self.kind == "hnsw":
+            self.faiss_index.hnsw.efConstruction = settings.eval_index_ef_construction
+        if not self.faiss_index.is_trained:
             self.faiss_index.train(vectors)
-            self.faiss_index.nprobe = int(nprobe)
-            self._quantizer = quantizer  # keep alive
-        else:
-            raise ValueError(f"Unknown index kind '{kind}': use flat, hnsw or ivf")
         self.faiss_index.add(vectors)
+        if params:
+            faiss.ParameterSpace().set_index_parameters(self.faiss_index, params)
 
     @classmethod
     def from_settings(cls, embeddings, valid=None, config=None):
-        """Build from config keys ``eval_index`` (flat/hnsw/ivf), ``eval_index_hnsw_m``,
-        ``eval_index_ef_search``, ``eval_index_nlist``, ``eval_index_nprobe``."""
-        options = {}
-        if config is not None:
-            for key, option in [("eval_index", "kind"), ("eval_index_hnsw_m", "hnsw_m"),
-                                ("eval_index_ef_search", "ef_search"), ("eval_index_nlist", "nlist"),
-                                ("eval_index_nprobe", "nprobe")]:
-                try:
-                    value = config[key]
-                except KeyError:
-                    value = None
-                if value is not None:
-                    options[option] = value
-        return cls(embeddings, valid=valid, **options)
+        """Build from the ``eval_index*`` keys of ``config`` (:class:`IndexSettings`); exact flat without a config."""
+        return cls(embeddings, valid=valid, settings=None if config is None else IndexSettings.from_config(config))
+
+    @property
+    def exact(self):
+        """Whether :meth:`search` finds the true nearest items (the flat index)."""
+        return self.kind == "flat"
 
     def _queries(self, queries):
         queries = _as_float32(queries, "queries")
@@ -127,13 +200,23 @@ class CatalogueIndex:
         scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         ids = np.full((len(queries), k), -1, dtype=np.int64)
         kk = min(k, len(self.ids))
-        for start in range(0, len(queries), self.batch_size):
-            batch = queries[start:start + self.batch_size]
-            found_scores, found = self.faiss_index.search(batch, kk)
+        step = max(1, self.batch_size // self.rerank)
+        for start in range(0, len(queries), step):
+            batch = queries[start:start + step]
+            found_scores, found = self.faiss_index.search(batch, min(kk * self.rerank, len(self.ids)))
+            if self.rerank > 1:
+                found_scores, found = self._rescore(batch, found, kk)
             ok = found >= 0
             scores[start:start + len(batch), :kk] = np.where(ok, found_scores, -np.inf)
             ids[start:start + len(batch), :kk] = np.where(ok, self.ids[np.clip(found, 0, None)], -1)
         return torch.from_numpy(scores), torch.from_numpy(ids)
+
+    def _rescore(self, queries, found, k):
+        """The best ``k`` of the candidates ``found`` (positions in the index, -1 = none) by exact cosine."""
+        exact = np.einsum("qd,qcd->qc", queries, self.embeddings[self.ids[np.clip(found, 0, None)]])
+        exact[found < 0] = -np.inf
+        best = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(exact, best, 1), np.take_along_axis(found, best, 1)
 
     def full_scores(self, queries):
         """Exact cosine of every query to every item: ``FloatTensor[Q, item_num]``, ``-inf`` for
@@ -155,7 +238,7 @@ class CatalogueIndex:
     def recall_vs_exact(self, queries, k=10):
         """Fraction of the exact top-``k`` (flat index) that this index returns, averaged over queries."""
         queries = self._queries(queries)
-        exact = CatalogueIndex(self.embeddings, valid=self.valid, kind="flat", batch_size=self.batch_size)
+        exact = CatalogueIndex(self.embeddings, valid=self.valid, batch_size=self.batch_size)
         _, truth = exact.search(queries, k)
         _, found = self.search(queries, k)
         truth, found = truth.numpy(), found.numpy()
@@ -166,4 +249,4 @@ class CatalogueIndex:
         return len(self.ids)
 
     def __repr__(self):
-        return f"CatalogueIndex(kind={self.kind}, items={len(self.ids)}/{self.item_num}, dim={self.dim})"
+        return f"CatalogueIndex(kind={self.kind}, {self.spec}, items={len(self.ids)}/{self.item_num}, dim={self.dim})"

@@ -157,10 +157,10 @@ def _tokens(model):
     vq, size = model.image_tokenizer, model.tokenizer_image_size
     weights = tensor_digest(vq.state_dict())
 
-    def compute(_, pixels):
-        return vqlib.encode(vq, resize(pixels, size)).numpy()
+    def compute(_, pixels):  # stored compactly (int16): the model reads them from the cache's memory map
+        return vqlib.encode(vq, resize(pixels, size)).numpy().astype(vqlib.token_dtype(vq.config.num_embeddings))
 
-    model.set_item_tokens(torch.as_tensor(model.store.cached("genlmm_vq_tokens", {"tokenizer": weights, "size": size}, compute)))
+    model.set_item_tokens(model.store.cached("genlmm_vq_tokens", {"tokenizer": weights, "size": size}, compute))
     return {"tokenizer_digest": weights}
 
 

@@ -7,7 +7,9 @@ constant / linear / cosine schedule over the whole run), a wall-clock budget (``
 stops at the first batch past it, the model is validated once more and saved, so a CPU run fits a job's time
 limit), RecBole's validation every ``eval_step`` epochs with early stopping, and a log line every
 ``log_every_steps`` optimizer steps. With ``plan_teacher_file`` a frozen recommender trained on the same split
-teaches GenLMM's plan head (KL to its next-item distribution, weight ``plan_teacher_weight``).
+teaches GenLMM's plan head (KL to its next-item distribution, weight ``plan_teacher_weight``). Under ``--nproc > 1``
+it does RecBole's DDP duties itself (:mod:`recbole_gen.trainer.distributed`): gradients averaged over the ranks at
+each optimizer step, a per-epoch shuffle shared by the ranks, the budget stop and logged scalars agreed by all.
 """
 import math
 import time
@@ -19,6 +21,7 @@ from recbole.utils import early_stopping, set_color
 from tqdm import tqdm
 
 from recbole_gen.config import Settings
+from recbole_gen.trainer.distributed import any_rank, gradient_sync, is_distributed, mean_over_ranks, world_size
 from recbole_gen.trainer.loop import SCHEDULES, Budget, OptimizerSteps
 
 
@@ -62,6 +65,7 @@ class SFTTrainer(Trainer):
         self.sft = self.sft_settings.from_config(config)
         super().__init__(config, model)
         self.budget = Budget(self.sft.max_train_minutes)
+        self.world = world_size(config)
         self.steps = None
         self.throughput = {}
 
@@ -81,7 +85,9 @@ class SFTTrainer(Trainer):
         if self.steps is None:
             total = math.ceil(len(train_data) / sft.gradient_accumulation_steps) * self.epochs
             self.steps = OptimizerSteps(self.optimizer, model.parameters(), total, sft.warmup_steps, sft.lr_scheduler,
-                                        sft.grad_clip, sft.gradient_accumulation_steps)
+                                        sft.grad_clip, sft.gradient_accumulation_steps, sync=gradient_sync(self))
+        if is_distributed(self.config) and train_data.shuffle:
+            train_data.sampler.set_epoch(epoch_idx)  # each epoch its own shuffle, the same on every rank
         self.budget.start()
         model.train()
         unit, per_row = self._throughput_unit()
@@ -94,17 +100,19 @@ class SFTTrainer(Trainer):
             stepped = self.steps.backward(loss, last=batch_idx == len(train_data) - 1)
             total, batches, rows = total + loss.item(), batches + 1, rows + len(interaction)
             if stepped and sft.log_every_steps and self.steps.step_count % sft.log_every_steps == 0:
-                rate = rows * per_row / (time.time() - started)
-                self.logger.info(f"step {self.steps.step_count}: loss {loss.item():.4f}, lr {self.steps.lr:.2e}, "
-                                 f"{rate:,.0f} {unit}/s")
+                logged = mean_over_ranks(self.config, {"loss": loss.item(), "rate": rows * per_row / (time.time() - started)})
+                self.logger.info(f"step {self.steps.step_count}: loss {logged['loss']:.4f}, lr {self.steps.lr:.2e}, "
+                                 f"{logged['rate'] * self.world:,.0f} {unit}/s")
             if show_progress:
                 iter_data.set_postfix(loss=f"{loss.item():.3f}")
-            if self.budget.exhausted():
+            if any_rank(self.config, self.budget.exhausted()):  # all ranks stop at the same batch
                 self.logger.info(set_color(f"max_train_minutes reached after {self.steps.step_count} optimizer steps", "yellow"))
                 break
         elapsed = time.time() - started
+        epoch = mean_over_ranks(self.config, {"loss": total / max(batches, 1), "rows": rows})
+        rows = round(epoch["rows"] * self.world)
         self.throughput = {"per_s": rows * per_row / max(elapsed, 1e-9), "unit": unit, "rows": rows, "seconds": elapsed}
-        return total / max(batches, 1)
+        return epoch["loss"]
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         """Train until ``epochs``, early stopping on validation or the wall-clock budget; returns
@@ -118,7 +126,7 @@ class SFTTrainer(Trainer):
             if verbose:
                 self.logger.info(self._generate_train_loss_output(epoch, started, time.time(), loss))
             self._add_train_loss_to_tensorboard(epoch, loss)
-            out_of_time = self.budget.exhausted()
+            out_of_time = any_rank(self.config, self.budget.exhausted())
             if not validate:
                 if saved:
                     self._save_checkpoint(epoch, verbose=verbose)

@@ -30,10 +30,13 @@ def lr_lambda(warmup, total, schedule):
 
 class OptimizerSteps:
     """``steps.backward(loss)`` per micro-batch; the optimizer steps every ``accumulation`` of them (or when
-    ``last``), after clipping the gradient norm to ``grad_clip`` (0 = off) and before the schedule advances."""
+    ``last``), after clipping the gradient norm to ``grad_clip`` (0 = off) and before the schedule advances.
+    ``sync`` (a :class:`~recbole_gen.trainer.distributed.GradientSync`, multi-process runs) averages the gradients
+    over the ranks at each step and not on the micro-steps between."""
 
-    def __init__(self, optimizer, params, total_steps=0, warmup=0, schedule="constant", grad_clip=0.0, accumulation=1):
-        self.optimizer = optimizer
+    def __init__(self, optimizer, params, total_steps=0, warmup=0, schedule="constant", grad_clip=0.0, accumulation=1,
+                 sync=None):
+        self.optimizer, self.sync = optimizer, sync
         self.params = [p for p in params if p.requires_grad]
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, total_steps, schedule))
         self.grad_clip, self.accumulation = float(grad_clip), max(1, int(accumulation))
@@ -42,9 +45,12 @@ class OptimizerSteps:
 
     def backward(self, loss, last=False):
         """Accumulate ``loss``'s gradient; returns True when this call stepped the optimizer."""
+        steps = last or (self.micro + 1) % self.accumulation == 0
+        if self.sync is not None:
+            loss = self.sync.prepare(loss, sync=steps)
         (loss / self.accumulation).backward()
         self.micro += 1
-        if self.micro % self.accumulation and not last:
+        if not steps:
             return False
         if self.grad_clip:
             clip_grad_norm_(self.params, self.grad_clip)

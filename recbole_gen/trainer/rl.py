@@ -3,8 +3,9 @@
     run_recbole --model=GenLMM --dataset=emoji-seq --stage=rl --init_from=saved/GenLMM-<sft>.pth \
         [--reward_recommender_file=saved/SASRec-<...>.pth]          # or --stage=raft, --stage=dpo
 
-Every step (:meth:`RolloutTrainer._rl_step`) draws ``rl_batch_size`` training rows (history -> next item) with the
-trainer's own seeded generator, samples ``rl_group_size`` images per row (with a plan head, each image's plan is
+Every step (:meth:`RolloutTrainer._rl_step`) draws ``rl_batch_size`` distinct training rows (history -> next item)
+per process with the trainer's own seeded generator (under ``--nproc > 1`` each rank its own rows, each row's group
+on one rank, gradients averaged over the ranks), samples ``rl_group_size`` images per row (with a plan head, each image's plan is
 sampled too and is part of the action), scores them with the rewards (:mod:`recbole_gen.trainer.rewards`), then
 updates the policy:
 
@@ -34,6 +35,7 @@ from recbole.utils import set_color
 
 from recbole_gen.checkpoint import load_checkpoint, save_checkpoint
 from recbole_gen.config import Settings, plain_config
+from recbole_gen.trainer.distributed import any_rank, barrier, gradient_sync, is_distributed, mean_over_ranks, rank0_first, rank_of
 from recbole_gen.trainer.genlmm import GenLMMTrainer
 from recbole_gen.trainer.loop import OptimizerSteps
 from recbole_gen.trainer.rewards import REWARDS, Rollout, RewardSet, group_normalise
@@ -150,7 +152,8 @@ class RolloutTrainer(GenLMMTrainer):
         # the reference: LoRA switches the RL adapter off; full fine-tuning keeps a frozen copy of the SFT weights
         self.reference = None if model.core.has_rl_adapter else copy.deepcopy(model.core).eval().requires_grad_(False)
         self.optimizer = self._build_optimizer(learning_rate=self.rl.rl_learning_rate)
-        self.rl_optimizer = OptimizerSteps(self.optimizer, self.model.parameters(), grad_clip=self.rl.rl_grad_clip)
+        self.rl_optimizer = OptimizerSteps(self.optimizer, self.model.parameters(), grad_clip=self.rl.rl_grad_clip,
+                                           sync=gradient_sync(self))
         self.rl_step = 0
         self.rl_history = []          # one dict of logged scalars per step
         self.sampler = torch.Generator().manual_seed(self.rl.rl_seed)
@@ -165,9 +168,14 @@ class RolloutTrainer(GenLMMTrainer):
 
         rl, model = self.rl, self.model
         weights = rl.weights()
-        catalogue = ImageCatalogue.from_config(self.config, model.store, prefix="rl_reward_encoder")
+        with rank0_first(self.config):  # rank 0 encodes the catalogue into the cache, the others read it
+            catalogue = ImageCatalogue.from_config(self.config, model.store, prefix="rl_reward_encoder")
         recommender = simulator = None
         if weights["recommender"] or weights["plan"]:
+            if is_distributed(self.config) and not rl.reward_recommender_file:
+                raise ValueError("under --nproc > 1 each rank sees a shard of the training split, so the reward "
+                                 "recommender cannot be trained on demand: train SASRec first (run_recbole "
+                                 "--model=SASRec) and pass its checkpoint as reward_recommender_file")
             if rl.reward_recommender_file:
                 recommender = load_recommender(rl.reward_recommender_file, train_data._dataset, device=self.device)
             else:
@@ -192,29 +200,34 @@ class RolloutTrainer(GenLMMTrainer):
         rl, model = self.rl, self.model
         started = time.time()
         B, G = rl.rl_batch_size, rl.rl_group_size
-        batch = inter[torch.randint(len(inter), (B,), generator=self.sampler)]
+        rank, world = rank_of(self.config), self.world
+        if B * world > len(inter):
+            raise ValueError(f"rl_batch_size {B} x {world} processes needs at least {B * world} training rows; the "
+                             f"training split has {len(inter)}")
+        batch = inter[torch.randperm(len(inter), generator=self.sampler)[rank * B:(rank + 1) * B]]
         item_seq, item_len = batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN]
         histories = model.core.histories(item_seq, item_len)
         self.model.eval()
         with self.rollout_policy() as policy:
             tokens, plans = policy.generate_tokens(
                 histories, num_samples=G, guidance_scale=rl.rl_guidance_scale, temperature=rl.rl_temperature,
-                top_k=rl.rl_top_k, top_p=rl.rl_top_p, seed=rl.rl_seed * 100_003 + self.rl_step,
+                top_k=rl.rl_top_k, top_p=rl.rl_top_p, seed=(rl.rl_seed * 100_003 + self.rl_step) * world + rank,
                 plan_temperature=model.settings.plan_temperature)
         rollout = Rollout(model.core.decode(tokens), plans, batch[self.config["USER_ID_FIELD"]], item_seq, item_len,
                           batch[model.POS_ITEM_ID])
         components, total = self.rewards(rollout)
-        if not torch.isfinite(total).all():
+        if any_rank(self.config, not torch.isfinite(total).all()):
             bad = {k: int((~torch.isfinite(v)).sum()) for k, v in components.items()}
-            self._diverged(f"non-finite reward (non-finite values per component: {bad})")
+            self._diverged(f"non-finite reward (non-finite values per component on rank {rank}: {bad})")
         samples = ([h for h in histories for _ in range(G)], tokens.reshape(B * G, -1), plans.reshape(-1))
         log = self._update(samples, total)
+        log = mean_over_ranks(self.config, {"reward": total.mean().item(), "reward_std": total.std().item(),
+                                            **{f"reward_{k}": v.mean().item() for k, v in components.items()}, **log,
+                                            "step_seconds": time.time() - started})
         if not math.isfinite(log["loss"]):
             self._diverged(f"non-finite loss ({log})")
         self.rl_step += 1
-        log = {"step": self.rl_step, "reward": total.mean().item(), "reward_std": total.std().item(),
-               **{f"reward_{k}": v.mean().item() for k, v in components.items()}, **log,
-               "step_seconds": time.time() - started}
+        log = {"step": self.rl_step, **log}
         self.rl_history.append(log)
         return log
 
@@ -222,6 +235,15 @@ class RolloutTrainer(GenLMMTrainer):
         """Update the policy from ``samples`` ``(histories [B*G], tokens [B*G, T], plans [B*G])`` and their rewards
         ``total [B, G]``; returns the logged scalars (``loss`` among them)."""
         raise NotImplementedError
+
+    def _backward(self, loss):
+        """Backward and optimizer step on ``loss``, taken by every rank or by none: skipped where some rank's loss
+        is not finite (the step's log shows it); ``None`` (a rank without a sample of its own, e.g. no DPO pair)
+        joins the others' step with a zero gradient."""
+        if loss is None:
+            loss = torch.zeros((), requires_grad=True)
+        if not any_rank(self.config, not torch.isfinite(loss)):
+            self.rl_optimizer.backward(loss)
 
     def action_logprobs(self, policy, samples, temperature, plan_temperature):
         """Log-probabilities of each sample's whole action, plan (if any) then image tokens: ``[N, (1 +) T]``, and
@@ -261,7 +283,9 @@ class RolloutTrainer(GenLMMTrainer):
             "rl": {"step": self.rl_step, "sampler": self.sampler.get_state(), "history": list(self.rl_history),
                    "init_from": self.rl.init_from},
         }
-        save_checkpoint(self.saved_model_file, state)
+        if rank_of(self.config) == 0:
+            save_checkpoint(self.saved_model_file, state)
+        barrier(self.config)
         self.last_good_checkpoint, self._last_good_step = self.saved_model_file, self.rl_step
         if verbose:
             self.logger.info(set_color("Saving current", "blue") + f": {self.saved_model_file} (RL step {self.rl_step})")
@@ -333,8 +357,7 @@ class GenLMMRLTrainer(RolloutTrainer):
             pg_loss, clip_fraction = clipped_policy_loss(logp, old_logp, advantages, rl.rl_clip_eps)
             kl = kl_penalty(logp, ref_logp).mean()
             loss = pg_loss + rl.rl_kl_coef * kl
-            if torch.isfinite(loss):
-                self.rl_optimizer.backward(loss)
+            self._backward(loss)
         return {"kl": kl.item(), "loss": loss.item(), "policy_loss": pg_loss.item(), "entropy": entropy.mean().item(),
                 "clip_fraction": clip_fraction.item()}
 
@@ -349,8 +372,7 @@ class GenLMMRAFTTrainer(RolloutTrainer):
         chosen = ([histories[i] for i in best.tolist()], tokens[best], plans[best])
         logp, entropy = self.action_logprobs(self.model.core, chosen, 1.0, 1.0)
         loss = -logp.mean()
-        if torch.isfinite(loss):
-            self.rl_optimizer.backward(loss)
+        self._backward(loss)
         return {"loss": loss.item(), "chosen_reward": total.max(1).values.mean().item(), "entropy": entropy.mean().item()}
 
 
@@ -365,7 +387,11 @@ class GenLMMDPOTrainer(RolloutTrainer):
         histories, tokens, plans = samples
         B, G = total.shape
         rows = torch.nonzero(total.max(1).values > total.min(1).values).flatten()
-        if not len(rows):
+        if not any_rank(self.config, len(rows)):
+            return {"loss": 0.0, "margin": 0.0, "pair_accuracy": 0.0, "pairs": 0}
+        if not len(rows):  # other ranks have pairs: take their steps with a zero gradient
+            for _ in range(self.rl.rl_inner_epochs):
+                self._backward(None)
             return {"loss": 0.0, "margin": 0.0, "pair_accuracy": 0.0, "pairs": 0}
         chosen, rejected = rows * G + total[rows].argmax(1), rows * G + total[rows].argmin(1)
         pick = torch.cat([chosen, rejected])
@@ -376,6 +402,5 @@ class GenLMMDPOTrainer(RolloutTrainer):
             logp = self.action_logprobs(self.model.core, pairs, 1.0, 1.0)[0].sum(1)
             n = len(rows)
             loss, margin, accuracy = dpo_loss(logp[:n], logp[n:], ref[:n], ref[n:], self.rl.rl_dpo_beta)
-            if torch.isfinite(loss):
-                self.rl_optimizer.backward(loss)
+            self._backward(loss)
         return {"loss": loss.item(), "margin": margin.item(), "pair_accuracy": accuracy.item(), "pairs": len(rows)}

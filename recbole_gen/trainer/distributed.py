@@ -1,0 +1,117 @@
+"""The duties of a trainer that runs on several processes (``run_recbole --nproc=2``, torchrun), on RecBole's own
+engine, torch.distributed. Every helper is a no-op in a single-process run (``config["single_spec"]``).
+
+* :class:`GradientSync`: a loss computed outside the DDP wrapper's ``forward`` (RecBole's ``calculate_loss``,
+  GenLMM's RL objectives) still has its gradients averaged over the ranks: RecBole's ``set_reduce_hook`` /
+  ``sync_grad_loss`` per backward, and no all-reduce on gradient-accumulation micro-steps (DDP's ``no_sync``).
+* :func:`any_rank` / :func:`mean_over_ranks`: decisions every rank must take together (a wall-clock budget that
+  one rank reaches first would leave the others waiting forever in a collective) and logged scalars.
+* :class:`DistributedMixin`: one checkpoint name (rank 0's clock decides it), written by rank 0 before any rank
+  reads it.
+"""
+import contextlib
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed(config):
+    return not config["single_spec"]
+
+
+def rank_of(config):
+    """This process's rank among all processes (``local_rank + offset``, as RecBole's Config computes it)."""
+    return 0 if config["single_spec"] else int(config["local_rank"]) + int(config["offset"])
+
+
+def world_size(config):
+    return 1 if config["single_spec"] else int(config["world_size"])
+
+
+def any_rank(config, flag):
+    """True on every rank when ``flag`` is true on at least one."""
+    if not is_distributed(config):
+        return bool(flag)
+    value = torch.tensor([int(bool(flag))])
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def mean_over_ranks(config, values):
+    """``{name: float}`` averaged over the ranks (the same dict on every rank)."""
+    if not is_distributed(config) or not values:
+        return dict(values)
+    keys = sorted(values)
+    summed = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+    dist.all_reduce(summed)
+    return {k: v / world_size(config) for k, v in zip(keys, summed.tolist())}
+
+
+def broadcast_from_rank0(config, obj):
+    """Rank 0's ``obj`` (any picklable value) on every rank."""
+    if not is_distributed(config):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier(config):
+    if is_distributed(config):
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def rank0_first(config):
+    """Rank 0 runs the block first (filling an on-disk cache), the other ranks after it (reading the cache)."""
+    if is_distributed(config) and rank_of(config) != 0:
+        dist.barrier()
+    yield
+    if is_distributed(config) and rank_of(config) == 0:
+        dist.barrier()
+
+
+class GradientSync:
+    """DDP's all-reduce for losses computed outside the wrapper's ``forward``.
+
+    ``prepare(loss, sync)`` before each ``backward``: a pass through the DDP wrapper with an identity ``forward``
+    arms its reducer for the coming backward (RecBole's ``set_reduce_hook``), under ``no_sync`` when ``sync`` is
+    False (an accumulation micro-step: gradients accumulate locally and are averaged at the step); a zero-weighted
+    sum of every trainable parameter joins the loss, so that every parameter takes part in each backward as DDP
+    expects (RecBole's ``sync_grad_loss``, here over trainable parameters only: frozen ones have no gradient)."""
+
+    def __init__(self, distributed_model):
+        self.ddp = distributed_model
+        self.params = [p for p in distributed_model.module.parameters() if p.requires_grad]
+
+    def prepare(self, loss, sync=True):
+        module = self.ddp.module
+        module.forward = lambda x: x
+        try:
+            with contextlib.nullcontext() if sync else self.ddp.no_sync():
+                self.ddp(torch.zeros(1))
+        finally:
+            del module.forward  # the class's forward again
+        return loss + sum(p.sum() * 0 for p in self.params)
+
+
+def gradient_sync(trainer):
+    """A :class:`GradientSync` for ``trainer``'s DDP wrapper (RecBole's ``distributed_model``), None in one process."""
+    return GradientSync(trainer.distributed_model) if is_distributed(trainer.config) else None
+
+
+class DistributedMixin:
+    """Mix in before any RecBole trainer class (``run_recbole`` does, through ``build_trainer``): under
+    ``--nproc > 1`` every rank uses rank 0's checkpoint name (RecBole names it from each rank's own clock), and a
+    barrier after each save keeps any rank from reading a checkpoint before rank 0 has written it. The checkpoint
+    folder exists before RecBole's check-then-create, which two ranks can race."""
+
+    def __init__(self, config, model):
+        os.makedirs(config["checkpoint_dir"], exist_ok=True)
+        super().__init__(config, model)
+        self.saved_model_file = broadcast_from_rank0(config, self.saved_model_file)
+
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        super()._save_checkpoint(epoch, verbose=verbose, **kwargs)
+        barrier(self.config)
