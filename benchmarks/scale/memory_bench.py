@@ -38,6 +38,16 @@ from recbole_gen.model import vq as vqlib  # noqa: E402
 from recbole_gen.retrieval.catalogue import ImageCatalogue  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+
+
+def code_measured():
+    """Which recbole_gen was imported: this checkout's (relative), or the exported folder's name."""
+    package = Path(recbole_gen.__file__).resolve().parent
+    if package.is_relative_to(HERE.parents[1]):
+        return str(package.relative_to(HERE.parents[1]))
+    return f"{package.parent.name}/{package.name} (outside this checkout)"
+
+
 TOKENS, CODEBOOK = 64, 1024  # an 8x8 token grid per image from a 1,024-code book (the tiny tokenizer has 4x4)
 
 
@@ -133,7 +143,7 @@ def main():
     measure(config, tokens_list)  # fills this label's cache
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     run = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--measure"], capture_output=True, text=True, check=True)
-    result = {"label": args.label, "recbole_gen": str(Path(recbole_gen.__file__).parent), "uptime": uptime,
+    result = {"label": args.label, "recbole_gen": code_measured(), "uptime": uptime,
               "command": " ".join(["benchmarks/scale/memory_bench.py", *sys.argv[1:]]),
               **json.loads(run.stdout.strip().splitlines()[-1])}
     (HERE / f"memory-{args.label}.json").write_text(json.dumps(result, indent=1) + "\n")
