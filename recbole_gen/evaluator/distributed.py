@@ -10,14 +10,15 @@ single-process order, the running sums added, and the evaluator runs on that who
 import torch
 import torch.distributed as dist
 
+from recbole_gen.trainer.distributed import rank_of, world_size
+
 #: per-row entries of RecBole's collector (concatenated batch after batch)
 RECBOLE_ROW_KEYS = ("rec.topk", "rec.meanrank", "rec.score", "rec.items", "data.label")
 
 
 def row_positions(config, first_row, rows):
     """The sampler positions of a rank's rows ``first_row .. first_row + rows - 1`` (the rank's own count)."""
-    rank = int(config["local_rank"]) + int(config["offset"])
-    return rank + int(config["world_size"]) * (first_row + torch.arange(rows))
+    return rank_of(config) + world_size(config) * (first_row + torch.arange(rows))
 
 
 def gather_struct(struct, row_keys, sum_keys, position_key, total_rows):
