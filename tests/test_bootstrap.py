@@ -57,3 +57,22 @@ def test_set_level_metrics_recompute_on_resamples():
 
     assert fd == pytest.approx([frechet_distance(*gaussian_stats(generated.reshape(-1, 4)), *gaussian_stats(real))] * 2,
                                rel=1e-6)
+
+
+def test_batched_frechet_equals_the_reference_for_full_rank_and_singular_covariances():
+    """The Cholesky path and the square-root fallback (a singular S2, as a resample with few distinct items gives)."""
+    import torch
+
+    from recbole_gen.evaluator.functional import frechet_distance
+    from recbole_gen.evaluator.intervals import frechet_from_moments
+
+    rng = np.random.default_rng(4)
+    mus, sigmas = rng.normal(size=(2, 3, 6)), []
+    for rank in (6, 2, 6):
+        factor = rng.normal(size=(6, rank))
+        sigmas.append(factor @ factor.T)
+    sigma1 = np.stack([sigmas[2], sigmas[0], sigmas[1]])  # row 3: S1 singular, S2 full rank
+    sigma2 = np.stack(sigmas)  # row 2: S2 singular
+    batched = frechet_from_moments(*(torch.from_numpy(a) for a in (mus[0], sigma1, mus[1], sigma2)))
+    expected = [frechet_distance(mus[0][b], sigma1[b], mus[1][b], sigma2[b]) for b in range(3)]
+    assert batched.numpy() == pytest.approx(expected, rel=1e-7)

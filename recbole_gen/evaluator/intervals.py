@@ -80,17 +80,23 @@ def _coverage(nearest, num_items, index):
 
 def _frechet(generated, real, index, chunk=16):
     """FD between the resampled users' images and their true next items (NaN rows left out), per resample: each
-    user's features weighted by how often the resample drew them, then :func:`frechet_from_moments`."""
+    user's features weighted by how often the resample drew them, then :func:`frechet_from_moments`.
+
+    The moments are summed in float32 (3x faster than float64; 1,000 resamples are most of a benchmark row's
+    evaluation time) after moving both sides by their joint mean, which leaves FD unchanged and keeps the
+    second moments free of cancellation; the distance itself is computed in float64."""
     gen = torch.from_numpy(generated.reshape(-1, generated.shape[-1])).double()
     gen_user = torch.arange(len(generated)).repeat_interleave(generated.shape[1])
     real = torch.from_numpy(real).double()
     gen_keep, real_keep = ~torch.isnan(gen).any(1), ~torch.isnan(real).any(1)
     gen, gen_user, real = gen[gen_keep], gen_user[gen_keep], torch.nan_to_num(real)
-    counts = torch.stack([torch.bincount(torch.from_numpy(row), minlength=len(real)) for row in index]).double()
+    centre = torch.cat([gen, real[real_keep]]).mean(0)
+    gen, real = (gen - centre).float(), ((real - centre) * real_keep[:, None]).float()
+    counts = torch.stack([torch.bincount(torch.from_numpy(row), minlength=len(real)) for row in index]).float()
     out = []
     for part in torch.split(counts, chunk):
         moments = [_weighted_moments(gen, part[:, gen_user]), _weighted_moments(real, part * real_keep)]
-        out.append(frechet_from_moments(*moments[0], *moments[1]))
+        out.append(frechet_from_moments(*[m.double() for m in moments[0] + moments[1]]))
     return torch.cat(out).numpy()
 
 
@@ -99,17 +105,27 @@ def _weighted_moments(x, weights):
     (integer draw counts: the covariance of the resample as a set of rows)."""
     n = weights.sum(1)
     mean = weights @ x / n[:, None]
-    second = torch.einsum("bn,nd,ne->bde", weights, x, x) / n[:, None, None]
+    scaled = weights.sqrt()[:, :, None] * x
+    second = scaled.transpose(1, 2) @ scaled / n[:, None, None]
     cov = (second - mean[:, :, None] * mean[:, None, :]) * (n / (n - 1))[:, None, None]
     return mean, cov
 
 
 def frechet_from_moments(mu1, sigma1, mu2, sigma2):
     """Batched Fréchet distance (``[B]``) of Gaussians given by ``[B, d]`` means and ``[B, d, d]`` covariances; the
-    same formula as :func:`recbole_gen.evaluator.functional.frechet_distance`."""
-    values, vectors = torch.linalg.eigh((sigma1 + sigma1.transpose(1, 2)) / 2)
-    root = (vectors * values.clamp(min=0).sqrt().unsqueeze(1)) @ vectors.transpose(1, 2)
-    middle = root @ sigma2 @ root
+    same formula as :func:`recbole_gen.evaluator.functional.frechet_distance`.
+
+    ``tr((S1^1/2 S2 S1^1/2)^1/2)`` is the sum of the square roots of the eigenvalues of ``S1 S2``, which are those
+    of ``L^T S1 L`` for ``S2 = L L^T``: a Cholesky factor and eigenvalues only, about 3x faster than the symmetric
+    square root. A row whose ``S2`` is singular (a resample with fewer distinct items than dimensions) takes the
+    square-root path, which needs no inverse."""
+    factor, info = torch.linalg.cholesky_ex(sigma2)
+    middle = factor.transpose(1, 2) @ sigma1 @ factor
+    singular = info > 0
+    if singular.any():
+        values, vectors = torch.linalg.eigh((sigma1[singular] + sigma1[singular].transpose(1, 2)) / 2)
+        root = (vectors * values.clamp(min=0).sqrt().unsqueeze(1)) @ vectors.transpose(1, 2)
+        middle[singular] = root @ sigma2[singular] @ root
     trace_sqrt = torch.linalg.eigvalsh((middle + middle.transpose(1, 2)) / 2).clamp(min=0).sqrt().sum(1)
     diff = mu1 - mu2
     trace = torch.diagonal(sigma1, dim1=1, dim2=2).sum(1) + torch.diagonal(sigma2, dim1=1, dim2=2).sum(1)
