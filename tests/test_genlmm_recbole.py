@@ -91,6 +91,15 @@ def test_generate_api_and_cli_write_pngs_and_manifest(full_run, tmp_path):
     assert manifest[0]["history_tokens"][0].startswith("e")
 
 
+def test_generate_for_a_user_reads_their_whole_training_history(full_run, data_path):
+    """RecBole's augmentation leaves the first interaction in no row's item_id: it must still be in the history."""
+    _, model, dataset, *_ = load_data_and_model(full_run["model_file"])
+    lines = (data_path / "gtiny" / "gtiny.inter").read_text().splitlines()[1:]
+    rows = sorted((float(t), i) for u, i, t in (line.split("\t") for line in lines) if u == "u3")
+    training = [i for _, i in rows][:-2]  # leave-one-out: the last two are validation and test
+    history = model.user_history("u3")
+    assert dataset.id2token(dataset.iid_field, history).tolist() == training
+
 def test_save_pretrained_janus_loads_through_lmm_path(emoji64, gtiny, tmp_path):
     tiny = make_core(gtiny)
     folder = save_tiny_checkpoint(tiny.backbone, tmp_path / "janus-tiny")

@@ -13,11 +13,12 @@ from recbole_gen.model.content import content_ids
 from recbole_gen.model.core import NO_PLAN, count_parameters
 from recbole_gen.model.diffusion import GenDiffCore
 from recbole_gen.model.gendiff_config import GenDiffSettings
-from recbole_gen.model.generative import Generation, GenerativeRecommender
+from recbole_gen.model.generative import CoreCheckpoint, Generation, GenerativeRecommender
 
 
-class GenDiff(GenerativeRecommender):
+class GenDiff(CoreCheckpoint, GenerativeRecommender):
     settings_class = GenDiffSettings
+    base_key = "gendiff_base"
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -78,24 +79,8 @@ class GenDiff(GenerativeRecommender):
     def describe_generation(self, seed, overrides):
         return {"seed": self.settings.generation_seed if seed is None else seed, **self.settings.generation, **overrides}
 
-    # ------------------------------------------------------ checkpointing
-    def state_dict(self, *args, **kwargs):
-        """Only what training changed (the UNet, the history representation) and the catalogue-trained tokenizer;
-        a pretrained VAE is rebuilt from ``diffusers_path``."""
-        prefix = kwargs.get("prefix", "")
-        return {prefix + "core." + k: v for k, v in self.core.saved_state_dict().items()}
-
-    def load_state_dict(self, state_dict, strict=True, assign=False):
-        expected, given = {"core." + k for k in self.core.saved_state_dict()}, set(state_dict)
-        if strict and expected != given:
-            raise RuntimeError(f"GenDiff checkpoint does not match this configuration: missing "
-                               f"{sorted(expected - given)[:5]}, unexpected {sorted(given - expected)[:5]}")
-        inner = {k[len("core."):]: v for k, v in state_dict.items() if k.startswith("core.")}
-        return self.core.load_state_dict(inner, strict=False, assign=assign)
-
-    def other_parameter(self):
-        return {"gendiff_base": self.core.base_info(), "artifacts": self.artifact_info}
-
+    # ------------------------------------------------------ checkpointing (CoreCheckpoint: only the UNet, the history
+    # representation and the catalogue-trained tokenizer; a pretrained VAE is rebuilt from ``diffusers_path``)
     def load_other_parameter(self, para):
         saved, now = (para or {}).get("gendiff_base"), self.core.base_info()
         if saved is not None and saved != now:

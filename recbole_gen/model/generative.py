@@ -85,7 +85,11 @@ class GenerativeRecommender(SequentialRecommender):
 
     # ---------------------------------------------------------------- public API
     def user_history(self, user):
-        """Internal item ids the model's dataset holds for ``user`` (external token or internal id), in time order."""
+        """Internal item ids the model's dataset holds for ``user`` (external token or internal id), in time order.
+
+        RecBole's sequential augmentation keeps one row per target (``item_id`` = the target, ``item_id_list`` = the
+        items before it), so a user's first interaction is in no row's ``item_id``: it is read from the item list of
+        the user's earliest row, and every later item from the rows' targets."""
         dataset = self._dataset
         if isinstance(user, (int, np.integer)):
             uid = int(user)
@@ -96,11 +100,15 @@ class GenerativeRecommender(SequentialRecommender):
                 raise UnknownUserError(f"user '{user}' is not in dataset '{dataset.dataset_name}' (user tokens look like: {examples})")
             uid = known[str(user)]
         inter = dataset.inter_feat
-        users, items = inter[dataset.uid_field].numpy(), inter[dataset.iid_field].numpy()
-        mine = users == uid
-        order = np.argsort(inter[dataset.time_field].numpy()[mine], kind="stable") if dataset.time_field in inter.columns \
-            else np.arange(mine.sum())
-        return items[mine][order].tolist()
+        mine = np.flatnonzero(inter[dataset.uid_field].numpy() == uid)
+        if dataset.time_field in inter.columns:
+            mine = mine[np.argsort(inter[dataset.time_field].numpy()[mine], kind="stable")]
+        items = inter[dataset.iid_field].numpy()[mine].tolist()
+        if not len(mine) or self.ITEM_SEQ not in inter.columns:
+            return items
+        first = mine[0]
+        before = inter[self.ITEM_SEQ][first, :int(inter[self.ITEM_SEQ_LEN][first])].tolist()
+        return before + items
 
     def history_batch(self, histories):
         """Lists of internal item ids (oldest first; ``[]`` = no history) -> an ``Interaction`` as RecBole batches them."""
@@ -144,6 +152,41 @@ class GenerativeRecommender(SequentialRecommender):
     def describe_generation(self, seed, overrides):
         """The settings that made an image (for the manifest)."""
         return {"seed": seed, **overrides}
+
+
+class CoreCheckpoint:
+    """Checkpointing for a generator whose trainable parts live in ``self.core`` (GenLMM, GenDiff): RecBole's
+    ``state_dict`` holds only what training changed (``core.saved_state_dict()``, under ``core.``), and
+    ``other_parameter`` the frozen base's description under :attr:`base_key`, checked on load. Mix in before
+    :class:`GenerativeRecommender`."""
+
+    base_key = None  # e.g. "genlmm_base"
+
+    def state_dict(self, *args, **kwargs):
+        prefix = kwargs.get("prefix", "")
+        return {prefix + "core." + k: v for k, v in self.core.saved_state_dict().items()}
+
+    def expected_checkpoint_keys(self, given):
+        """The ``state_dict`` keys a checkpoint of this configuration holds (``given``: the checkpoint's)."""
+        return {"core." + k for k in self.core.saved_state_dict()}
+
+    def checkpoint_settings(self):
+        """The settings a mismatching checkpoint's error names (the likely cause)."""
+        return ""
+
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        given = set(state_dict)
+        expected = self.expected_checkpoint_keys(given)
+        if strict and expected != given:
+            missing, unexpected = sorted(expected - given)[:5], sorted(given - expected)[:5]
+            settings = self.checkpoint_settings()
+            raise RuntimeError(f"{type(self).__name__} checkpoint does not match this configuration"
+                               f"{f' ({settings})' if settings else ''}: missing {missing}, unexpected {unexpected}")
+        inner = {k[len("core."):]: v for k, v in state_dict.items() if k.startswith("core.")}
+        return self.core.load_state_dict(inner, strict=False, assign=assign)
+
+    def other_parameter(self):
+        return {self.base_key: self.core.base_info(), "artifacts": self.artifact_info}
 
 
 def write_pngs(result, out_dir):

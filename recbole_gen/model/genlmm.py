@@ -14,12 +14,13 @@ import torch
 
 from recbole_gen.model.content import content_ids
 from recbole_gen.model.core import RL_ADAPTER, GenLMMCore, count_parameters
-from recbole_gen.model.generative import Generation, GenerativeRecommender
+from recbole_gen.model.generative import CoreCheckpoint, Generation, GenerativeRecommender
 from recbole_gen.model.genlmm_config import GenLMMSettings
 
 
-class GenLMM(GenerativeRecommender):
+class GenLMM(CoreCheckpoint, GenerativeRecommender):
     settings_class = GenLMMSettings
+    base_key = "genlmm_base"
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -90,28 +91,18 @@ class GenLMM(GenerativeRecommender):
         settings = {**self.settings.generation, **overrides}
         return {"seed": self.settings.generation_seed if seed is None else seed, "plan_kind": self.settings.plan, **settings}
 
-    # ------------------------------------------------------ checkpointing
-    def state_dict(self, *args, **kwargs):
-        """Only what training changed: LoRA adapters + ``lora_modules_to_save`` (``finetune: lora``) or the
-        trained LMM parts (``full``), the content representation and plan head, and a catalogue-trained image
-        tokenizer. The frozen base is rebuilt from ``lmm_path`` (or, for the tiny model, from ``base_seed``)."""
-        prefix = kwargs.get("prefix", "")
-        return {prefix + "core." + k: v for k, v in self.core.saved_state_dict().items()}
-
-    def load_state_dict(self, state_dict, strict=True, assign=False):
-        expected = {"core." + k for k in self.core.saved_state_dict()}
-        given = set(state_dict)
+    # ------------------------------------------------------ checkpointing (CoreCheckpoint: only what training changed,
+    # LoRA adapters + ``lora_modules_to_save`` (``finetune: lora``) or the trained LMM parts (``full``), the content
+    # representation and plan head, and a catalogue-trained image tokenizer; the frozen base is rebuilt from
+    # ``lmm_path`` or, for the tiny model, from ``base_seed``)
+    def expected_checkpoint_keys(self, given):
+        expected = super().expected_checkpoint_keys(given)
         if self.core.has_rl_adapter and not any(f".{RL_ADAPTER}." in k for k in given):
             expected = {k for k in expected if f".{RL_ADAPTER}." not in k}  # an SFT checkpoint under a fresh RL adapter
-        if strict and (expected - given or given - expected):
-            missing, unexpected = sorted(expected - given)[:5], sorted(given - expected)[:5]
-            raise RuntimeError(f"GenLMM checkpoint does not match this configuration (finetune={self.settings.finetune}, "
-                               f"plan={self.settings.plan}): missing {missing}, unexpected {unexpected}")
-        inner = {k[len("core."):]: v for k, v in state_dict.items() if k.startswith("core.")}
-        return self.core.load_state_dict(inner, strict=False, assign=assign)
+        return expected
 
-    def other_parameter(self):
-        return {"genlmm_base": self.core.base_info(), "artifacts": self.artifact_info}
+    def checkpoint_settings(self):
+        return f"finetune={self.settings.finetune}, plan={self.settings.plan}"
 
     def load_other_parameter(self, para):
         if not para or "genlmm_base" not in para:
