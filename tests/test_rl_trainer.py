@@ -143,6 +143,26 @@ def test_resume_continues_the_same_stream(sft, tmp_path):
         assert torch.allclose(v, resumed_model.state_dict()[k], atol=1e-6), k
 
 
+def test_held_out_metrics_every_n_steps_change_no_step(sft, tmp_path):
+    """rl_eval_every validates at steps 0, k, 2k, ... (the checkpoint keeps them for the curves); the steps taken
+    are those of a run that never validates."""
+    runs = {}
+    for name, every in (("watched", 2), ("plain", 0)):
+        config, model, train_data, valid_data, _ = _setup(sft, tmp_path / name, rl_steps=4, rl_eval_every=every)
+        trainer = build_trainer(config, model)
+        trainer.fit(train_data, valid_data=valid_data, saved=True, verbose=False)
+        runs[name] = trainer, model
+    watched, plain = runs["watched"][0], runs["plain"][0]
+    assert [v["step"] for v in watched.rl_valid_history] == [0, 2, 4]
+    assert [v["step"] for v in plain.rl_valid_history] == [4]  # only after the last step
+    assert {"hit@10", "ndcg@10"} <= set(watched.rl_valid_history[0])
+    assert watched.rl_valid_history[-1] == plain.rl_valid_history[-1]
+    assert [r["reward"] for r in watched.rl_history] == [r["reward"] for r in plain.rl_history]
+    for k, v in runs["watched"][1].state_dict().items():
+        assert torch.equal(v, runs["plain"][1].state_dict()[k]), k
+    assert load_checkpoint(watched.saved_model_file)["rl"]["valid_history"] == watched.rl_valid_history
+
+
 def test_nan_reward_stops_and_keeps_last_good_checkpoint(sft, tmp_path):
     config, model, train_data, *_ = _setup(sft, tmp_path, rl_steps=10, rl_save_every=2)
     trainer = build_trainer(config, model)

@@ -5,7 +5,9 @@
 Reads each row's checkpoint (``rows/<row>.json`` names it; the checkpoint keeps every step's logged scalars under
 ``rl.history``) and draws, per step: the total reward of the rollouts (GRPO, RAFT: the policy's own samples; DPO:
 the frozen SFT model's), its recommender component, and the policy entropy per image token (RL, RAFT). A moving
-average over ``--window`` steps smooths the batch noise (8 rows x 4 samples per step).
+average over ``--window`` steps smooths the batch noise (8 rows x 4 samples per step). Rows run with
+``rl_eval_every`` also kept their validation metrics every N steps (``rl.valid_history``): those are drawn as
+held-out curves, unsmoothed, under the evaluation encoder no reward uses.
 """
 import argparse
 import json
@@ -18,14 +20,18 @@ from recbole_gen.checkpoint import load_checkpoint
 ROWS = ("GenLMM-RL", "GenLMM-RAFT", "GenLMM-DPO")
 PANELS = (("reward", "total reward (rollouts)"), ("reward_recommender", "recommender reward"),
           ("reward_target", "target reward (cosine)"), ("kl", "KL to SFT (GRPO)"), ("entropy", "entropy / token"))
+HELD_OUT = (("oracleutility", "validation OracleUtility"), ("targetsim", "validation TargetSim"),
+            ("hit@10", "validation Hit@10"))
 
 
 def histories(results):
+    """``{row: (per-step training scalars, validation results every rl_eval_every steps)}``."""
     found = {}
     for row in ROWS:
         path = Path(results) / "rows" / f"{row}.json"
         if path.is_file():
-            found[row] = load_checkpoint(json.loads(path.read_text())["model_file"])["rl"]["history"]
+            rl = load_checkpoint(json.loads(path.read_text())["model_file"])["rl"]
+            found[row] = rl["history"], rl.get("valid_history", [])
     return found
 
 
@@ -50,12 +56,19 @@ def main():
     found = histories(args.results)
     if not found:
         raise SystemExit(f"no {', '.join(ROWS)} rows in {args.results}/rows: run the benchmark first (benchmarks/rl/README.md)")
-    figure, axes = plt.subplots(1, len(PANELS), figsize=(3.2 * len(PANELS), 3))
+    held_out = [panel for panel in HELD_OUT if any(len(valid) > 1 and panel[0] in valid[0] for _, valid in found.values())]
+    panels = len(PANELS) + len(held_out)
+    figure, axes = plt.subplots(1, panels, figsize=(3.2 * panels, 3))
     for ax, (key, title) in zip(axes, PANELS):
-        for row, history in found.items():
+        for row, (history, _) in found.items():
             if key in history[0]:
                 values = smooth([step[key] for step in history], args.window)
                 ax.plot(np.arange(len(values)) + min(args.window, len(history)), values, label=row)
+    for ax, (key, _) in zip(axes[len(PANELS):], held_out):
+        for row, (_, valid) in found.items():
+            if len(valid) > 1:
+                ax.plot([v["step"] for v in valid], [v[key] for v in valid], marker="o", markersize=3, label=row)
+    for ax, (_, title) in zip(axes, PANELS + tuple(held_out)):
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)

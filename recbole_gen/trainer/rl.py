@@ -74,6 +74,7 @@ class RLSettings(Settings):
     rl_seed: int
     rl_save_every: int
     rl_log_every: int
+    rl_eval_every: int
     rl_resume_from: Optional[str]
     rl_grad_clip: float
 
@@ -82,7 +83,7 @@ class RLSettings(Settings):
         for key in ("rl_steps", "rl_batch_size", "rl_group_size", "rl_inner_epochs", "rl_recommender_k"):
             self.require(getattr(self, key) >= 1, key, ">= 1")
         for key in ("rl_learning_rate", "rl_clip_eps", "rl_kl_coef", "rl_dpo_beta", "rl_grad_clip", "rl_save_every",
-                    "rl_log_every"):
+                    "rl_log_every", "rl_eval_every"):
             self.require(getattr(self, key) >= 0, key, ">= 0")
         self.require(0 < self.rl_top_p <= 1, "rl_top_p", "in (0, 1]")
 
@@ -156,6 +157,7 @@ class RolloutTrainer(GenLMMTrainer):
                                            sync=gradient_sync(self))
         self.rl_step = 0
         self.rl_history = []          # one dict of logged scalars per step
+        self.rl_valid_history = []    # the validation result every rl_eval_every steps: {"step": k, metric: value}
         self.sampler = torch.Generator().manual_seed(self.rl.rl_seed)
         self.rewards = None
         self.last_good_checkpoint = None
@@ -281,7 +283,7 @@ class RolloutTrainer(GenLMMTrainer):
             "best_valid_score": float(self.best_valid_score), "state_dict": self.model.state_dict(),
             "other_parameter": self.model.other_parameter(), "optimizer": self.optimizer.state_dict(),
             "rl": {"step": self.rl_step, "sampler": self.sampler.get_state(), "history": list(self.rl_history),
-                   "init_from": self.rl.init_from},
+                   "valid_history": list(self.rl_valid_history), "init_from": self.rl.init_from},
         }
         if rank_of(self.config) == 0:
             save_checkpoint(self.saved_model_file, state)
@@ -299,6 +301,7 @@ class RolloutTrainer(GenLMMTrainer):
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         rl = checkpoint["rl"]
         self.rl_step, self.rl_history = int(rl["step"]), list(rl["history"])
+        self.rl_valid_history = list(rl.get("valid_history", []))
         self.sampler.set_state(rl["sampler"])
         self.logger.info(set_color("RL resumed", "blue") + f": {path} at step {self.rl_step}")
 
@@ -307,29 +310,42 @@ class RolloutTrainer(GenLMMTrainer):
 
     # ------------------------------------------------------------------ RecBole contract
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
-        """Run ``rl_steps`` steps, checkpointing every ``rl_save_every``; then validate once (if ``valid_data``)
-        and save. Returns ``(best_valid_score, best_valid_result)`` like RecBole."""
+        """Run ``rl_steps`` steps, checkpointing every ``rl_save_every``; with ``valid_data``, validate before the
+        first step and every ``rl_eval_every`` steps (held-out curves; rollouts and rows are seeded apart, so this
+        changes no step), and always after the last; then save. Returns ``(best_valid_score, best_valid_result)``
+        like RecBole."""
         rl = self.rl
         if rl.rl_resume_from:
             self.resume_rl(rl.rl_resume_from)
         if self.rewards is None:
             self.rewards = self.build_rewards(train_data)
         inter = train_data._dataset.inter_feat
+        every = rl.rl_eval_every if valid_data else 0
+        resumed_after_one = self.rl_valid_history and self.rl_valid_history[-1]["step"] == self.rl_step
+        if every and self.rl_step < rl.rl_steps and self.rl_step % every == 0 and not resumed_after_one:
+            self._held_out(valid_data, show_progress, verbose)
         self.model.eval()
         while self.rl_step < rl.rl_steps:
             log = self._rl_step(inter)
             self._log(log)
+            if every and self.rl_step % every == 0 and self.rl_step < rl.rl_steps:
+                self._held_out(valid_data, show_progress, verbose)
             if saved and rl.rl_save_every and self.rl_step % rl.rl_save_every == 0 and self.rl_step < rl.rl_steps:
                 self._save_rl_checkpoint(verbose=verbose)
             self._after_step(log)
         if valid_data:
-            score, result = self._valid_epoch(valid_data, show_progress=show_progress)
-            self.best_valid_score, self.best_valid_result = score, result
-            if verbose:
-                self.logger.info(set_color("RL valid", "blue") + f": {result}")
+            self.best_valid_result = self._held_out(valid_data, show_progress, verbose)
         if saved:
             self._save_rl_checkpoint(verbose=verbose)
         return self.best_valid_score, self.best_valid_result
+
+    def _held_out(self, valid_data, show_progress, verbose):
+        """Validate the current policy; the result joins ``rl_valid_history`` (the checkpoint keeps it)."""
+        self.best_valid_score, result = self._valid_epoch(valid_data, show_progress=show_progress)
+        self.rl_valid_history.append({"step": self.rl_step, **{k: float(v) for k, v in result.items()}})
+        if verbose:
+            self.logger.info(set_color(f"RL valid (step {self.rl_step})", "blue") + f": {result}")
+        return result
 
     def summary(self):
         """Means of the first and last 10% of the logged steps (for reports)."""
