@@ -22,7 +22,7 @@ from recbole_gen.evaluator import wants_image_metrics
 from recbole_gen.evaluator.intervals import user_values
 from recbole_gen.model.generative import GenerativeRecommender
 from recbole_gen.trainer.distributed import rank0_first
-from recbole_gen.utils import get_model, get_trainer, init_logger, with_mixin
+from recbole_gen.utils import get_model, get_trainer, init_logger, training_randomness_kept, with_mixin
 
 
 def run(model, dataset, config_file_list=None, config_dict=None, saved=True, nproc=1, world_size=-1,
@@ -96,7 +96,9 @@ def run_recbole(model=None, dataset=None, config_file_list=None, config_dict=Non
         logger.info(set_color("FLOPs", "blue") + ": not estimated for generative models (their cost grows with "
                     "each generated token; see benchmarks/)")
     else:
-        logger.info(set_color("FLOPs", "blue") + f": {get_flops(model, dataset, config['device'], logger, construct_transform(config))}")
+        with training_randomness_kept():  # a forward pass (BERT4Rec's masking draws too): the sweep counts no FLOPs
+            flops = get_flops(model, dataset, config["device"], logger, construct_transform(config))
+        logger.info(set_color("FLOPs", "blue") + f": {flops}")
 
     trainer = build_trainer(config, model, future_data=test_data)
     started = time.perf_counter()

@@ -4,12 +4,17 @@ Plugin models are listed in :data:`PLUGIN_MODELS` (imported lazily, so running S
 imports transformers) or added at run time with :func:`register_model`, which may also name a
 ``properties`` folder holding the model's ``model/<Model>.yaml``.
 """
+import contextlib
 import difflib
 import importlib
 import logging
 import os
+import random
 import re
 from pathlib import Path
+
+import numpy as np
+import torch
 
 from recbole.utils import get_trainer as recbole_get_trainer
 from recbole.utils.logger import RemoveColorFilter, log_colors_config
@@ -141,3 +146,18 @@ def init_logger(config):
     )
     logging.basicConfig(level=level, handlers=[stream_handler, file_handler], force=True)
     return file_handler.baseFilename
+
+
+@contextlib.contextmanager
+def training_randomness_kept():
+    """Restore the random states (torch's on the CPU and the current GPU, numpy's, Python's) on exit: what runs
+    inside (an evaluation, a FLOPs count) cannot change how a model trains next. Even a plain RecBole evaluation
+    draws from torch's stream (each DataLoader iterator draws a base seed)."""
+    states = random.getstate(), np.random.get_state()
+    gpu = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=gpu):
+        try:
+            yield
+        finally:
+            random.setstate(states[0])
+            np.random.set_state(states[1])

@@ -133,6 +133,21 @@ def test_ranker_gets_the_same_columns_from_its_top_items(setup):
     assert not math.isnan(result["futuresim"])
 
 
+def test_an_evaluation_leaves_the_training_random_streams_as_it_found_them(setup):
+    """The ranker draws torch.rand while it is evaluated: the next epoch must see the same random numbers (shuffles,
+    BERT4Rec's masks) whichever metrics validate it."""
+    import random
+
+    config, dataset, train, valid, test = setup(OracleRanker)
+    trainer = with_image_evaluation(Trainer)(config, OracleRanker(config, train._dataset))
+    torch.manual_seed(3), np.random.seed(3), random.seed(3)
+    expected = torch.rand(4), np.random.rand(4), random.random()
+    torch.manual_seed(3), np.random.seed(3), random.seed(3)
+    trainer.evaluate(valid, load_best_model=False)
+    after = torch.rand(4), np.random.rand(4), random.random()
+    assert torch.equal(after[0], expected[0]) and np.array_equal(after[1], expected[1]) and after[2] == expected[2]
+
+
 def test_sasrec_and_generator_share_columns(setup):
     from recbole.model.sequential_recommender import SASRec
 
@@ -199,3 +214,24 @@ def test_topk_from_the_index_search_gives_the_dense_scores_metrics(setup):
     trainer = with_image_evaluation(Trainer)(config, NoisyGenerator(config, train._dataset))
     with pytest.raises(ValueError, match="gen_rank_from: index .* only top-k metrics"):
         trainer.evaluate(test, load_best_model=False)
+
+
+def test_the_fd_axes_are_computed_once_per_catalogue_and_a_damaged_file_is_rebuilt(setup, monkeypatch):
+    """Every benchmark row and rank builds the same catalogue: its SVD is saved beside the embeddings and read back."""
+    from recbole_gen.retrieval.catalogue import ImageCatalogue
+
+    config, dataset, *_ = setup(OracleRanker)
+    calls = []
+    svd = ImageCatalogue._principal_axes
+    monkeypatch.setattr(ImageCatalogue, "_principal_axes", lambda self, d: calls.append(d) or svd(self, d))
+
+    def build():
+        clear_catalogue_cache()
+        return ImageCatalogue.from_config(config, dataset.image_store).fd_projection
+
+    first = build()
+    assert first is not None and calls == [config["eval_fd_dim"]]
+    assert torch.equal(build(), first) and len(calls) == 1  # read back, not recomputed
+    (saved,) = (dataset.image_store.cache.root / "fd-axes").glob("*.npy")
+    saved.write_bytes(b"not an array")
+    assert torch.equal(build(), first) and len(calls) == 2

@@ -7,11 +7,10 @@ test results, for the winners, which the default preset uses (tests/test_baselin
 
     python benchmarks/baselines/sweep.py                    # every model of grid.yaml: sweep.json, sweep.md
     python benchmarks/baselines/sweep.py --models SASRec    # some rows, merged into sweep.json
+    python benchmarks/baselines/sweep.py --models BERT4Rec --reuse   # after appending `then` steps to a row
 """
 import argparse
-import itertools
 import json
-import logging
 import os
 import platform
 import sys
@@ -21,71 +20,32 @@ from pathlib import Path
 import yaml
 
 import recbole_gen  # noqa: F401  (compatibility patches before RecBole)
-from recbole.data import data_preparation
-from recbole.utils import init_seed
-
 from recbole_gen.comparison import load_preset
-from recbole_gen.config import Config
-from recbole_gen.data import create_dataset
+from recbole_gen.comparison.sweep import extends, run_sweep, swept_keys, validate
 from recbole_gen.files import atomic_write_bytes
-from recbole_gen.quick_start import build_model, build_trainer, needs_images
-from recbole_gen.utils import init_logger
 
 HERE = Path(__file__).resolve().parent
 VALIDATION = {"metrics": ["Hit", "NDCG"], "show_progress": False}  # ranking only: selection never needs images
 
 
-def point(keys, values):
-    """A grid point as config keys: a key naming several parameters ("a b") sets each to the value."""
-    return {name: value for key, value in zip(keys, values) for name in key.split()}
-
-
-def grid_points(grid):
-    """Every combination of ``{key: [values]}``, in the file's order."""
-    return [point(list(grid), values) for values in itertools.product(*grid.values())]
-
-
-def trial(model, dataset, config_dict, swept):
-    """Fit one grid point as run_recbole fits it (same seeds, same dataset, same trainer); validation only. Returns
-    the validation result and the values the run used for every ``swept`` key (the model's defaults included)."""
-    config = Config(model=model, dataset=dataset, config_dict=config_dict)
-    init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
-    logging.getLogger().setLevel(logging.WARNING)
-    data = create_dataset(config, images=needs_images(config))
-    train_data, valid_data, _ = data_preparation(config, data)
-    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-    trainer = build_trainer(config, build_model(config, train_data._dataset))
-    started = time.perf_counter()
-    _, valid = trainer.fit(train_data, valid_data, saved=False, show_progress=False)
-    return {"params": {key: config[key] for key in swept}, "valid": {k: float(v) for k, v in valid.items()},
-            "epochs": len(trainer.train_loss_dict), "seconds": round(time.perf_counter() - started, 1),
-            "load": round(os.getloadavg()[0], 2)}  # 1-minute load average at the end: timings are comparable near 1-2
-
-
-def sweep(row, spec, preset, out):
-    """All grid points of one row; returns its trials and the winner (best validation NDCG@10, first on ties)."""
-    swept = [name for key in [*spec["grid"], *spec.get("then", {})] for name in key.split()]
+def sweep(row, spec, preset, out, earlier=None):
+    """All grid points of one row; returns its trials and the winner (best validation NDCG@10, first on ties).
+    ``earlier``: the row's entry of a previous sweep.json whose trials this sweep starts with (``--reuse``)."""
+    swept = swept_keys(spec)
     fixed = {k: v for k, v in (preset["rows"][row] or {}).items() if k not in swept}
     model = fixed.pop("model", row)
     shared = {**preset["config"], **VALIDATION, "log_dir": str(out / "logs"), "checkpoint_dir": str(out / "saved")}
-    trials = []
 
     def run(params):
-        result = trial(model, preset["dataset"], {**shared, **fixed, **params}, swept)
-        trials.append(result)
+        result = validate(model, preset["dataset"], {**shared, **fixed, **params}, swept)
         print(f"{row} {result['params']}: valid ndcg@10 {result['valid']['ndcg@10']:.4f} hit@10 {result['valid']['hit@10']:.4f}"
               f" ({result['epochs']} epochs, {result['seconds']:.0f}s)", flush=True)
+        return result
 
-    for params in grid_points(spec["grid"]):
-        run(params)
-    for key, values in spec.get("then", {}).items():
-        best = max(trials, key=lambda t: t["valid"]["ndcg@10"])["params"]
-        for value in values:
-            run({**best, **point([key], [value])})
-    winner = max(trials, key=lambda t: t["valid"]["ndcg@10"])
+    done = earlier["trials"] if earlier and earlier["fixed"] == fixed and extends(spec, earlier) else ()
+    trials, winner = run_sweep(spec, run, score=lambda trial: trial["valid"]["ndcg@10"], done=done)
     return {"model": model, "source": spec["source"], "grid": spec["grid"], "then": spec.get("then", {}),
-            "fixed": fixed, "trials": trials, "winner": winner["params"]}
+            "fixed": fixed, "trials": trials, "winner": winner}
 
 
 def write_table(path, results):
@@ -111,6 +71,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=None, help="comma-separated rows of grid.yaml (default: all)")
     parser.add_argument("--out", default=str(HERE), help="folder for sweep.json and sweep.md")
+    parser.add_argument("--reuse", action="store_true", help="keep the trials of sweep.json that a row's extended "
+                        "grid.yaml entry runs first (same grid and settings, `then` steps appended); the code must "
+                        "be unchanged since, as a trial is only deterministic under the same code")
     args = parser.parse_args(argv)
     grids = yaml.safe_load((HERE / "grid.yaml").read_text())
     rows = args.models.split(",") if args.models else list(grids)
@@ -120,7 +83,8 @@ def main(argv=None):
     results = json.loads(path.read_text()) if path.is_file() else {"rows": {}}
     started = time.perf_counter()
     for row in rows:
-        results["rows"][row] = sweep(row, grids[row], preset, Path("results") / "baselines-sweep")
+        earlier = results["rows"].get(row) if args.reuse else None
+        results["rows"][row] = sweep(row, grids[row], preset, Path("results") / "baselines-sweep", earlier)
     command = "python " + " ".join([str(Path(sys.argv[0])), *(argv or sys.argv[1:])])
     for row in rows:
         results["rows"][row]["command"] = command

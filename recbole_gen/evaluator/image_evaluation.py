@@ -15,6 +15,10 @@
 FutureSim needs the user's later items: ``trainer.set_future_data(test_data)``; the validation phase then
 uses each user's test item(s) as the future (the test phase has none: NaN).
 
+An evaluation leaves the random streams as it found them (torch's, numpy's and Python's, which RecBole's data
+loaders and BERT4Rec's masking draw from): building the catalogue or drawing images during a validation must not
+change the next epoch, so a model trains the same whichever metrics it is validated with.
+
 Under ``--nproc > 1`` each rank evaluates its shard of the users and the collector gathers every rank's rows, so
 every metric (FD, ImageCoverage, Diversity too) is computed once on all users, as in one process, instead of
 RecBole's average of per-rank results; rank 0 encodes the catalogue into the cache, the others read it.
@@ -29,7 +33,7 @@ from recbole_gen.evaluator.metrics import wants_image_metrics
 from recbole_gen.evaluator.scoring import TopKScores, catalogue_scores, catalogue_topk, rank_fusion
 from recbole_gen.model.generative import GenerativeRecommender
 from recbole_gen.trainer.distributed import is_distributed, rank0_first
-from recbole_gen.utils import with_mixin
+from recbole_gen.utils import training_randomness_kept, with_mixin
 
 RANK_BY = ("images", "plan", "both")
 RANK_FROM = ("auto", "scores", "index")
@@ -62,6 +66,10 @@ class ImageEvaluationMixin:
 
     @torch.no_grad()
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        with training_randomness_kept():
+            return self._evaluate(eval_data, load_best_model, model_file, show_progress)
+
+    def _evaluate(self, eval_data, load_best_model, model_file, show_progress):
         from recbole.data.dataloader import FullSortEvalDataLoader
 
         full_sort = isinstance(eval_data, FullSortEvalDataLoader)
