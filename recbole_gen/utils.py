@@ -151,8 +151,8 @@ def init_logger(config):
 @contextlib.contextmanager
 def training_randomness_kept():
     """Restore the random states (torch's on the CPU and the current GPU, numpy's, Python's) on exit: what runs
-    inside (an evaluation, a FLOPs count) cannot change how a model trains next. Even a plain RecBole evaluation
-    draws from torch's stream (each DataLoader iterator draws a base seed)."""
+    inside (an evaluation, a FLOPs count) cannot change how a model trains next. RecBole applies a model's batch
+    transform to evaluation batches too (BERT4Rec's masking draws from Python's stream), and counts FLOPs with it."""
     states = random.getstate(), np.random.get_state()
     gpu = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
     with torch.random.fork_rng(devices=gpu):

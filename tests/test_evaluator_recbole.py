@@ -134,7 +134,7 @@ def test_ranker_gets_the_same_columns_from_its_top_items(setup):
 
 
 def test_an_evaluation_leaves_the_training_random_streams_as_it_found_them(setup):
-    """The ranker draws torch.rand while it is evaluated: the next epoch must see the same random numbers (shuffles,
+    """The ranker draws torch.rand while it is evaluated: the next epoch must see the same random numbers (dropout,
     BERT4Rec's masks) whichever metrics validate it."""
     import random
 
