@@ -232,6 +232,6 @@ def test_the_fd_axes_are_computed_once_per_catalogue_and_a_damaged_file_is_rebui
     first = build()
     assert first is not None and calls == [config["eval_fd_dim"]]
     assert torch.equal(build(), first) and len(calls) == 1  # read back, not recomputed
-    (saved,) = (dataset.image_store.cache.root / "fd-axes").glob("*.npy")
+    (saved,) = (dataset.image_store.cache.root / "fd-axes").glob("*.pt")
     saved.write_bytes(b"not an array")
     assert torch.equal(build(), first) and len(calls) == 2

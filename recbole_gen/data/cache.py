@@ -12,9 +12,11 @@ under a cache write, and the file's own exclusive lock, so concurrent writers ne
 import contextlib
 import json
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from recbole_gen.files import atomic_write, atomic_write_bytes, digest, folder_lock
 
@@ -171,3 +173,31 @@ class FeatureCache:
             self.put(kind, settings, [hashes[p] for p in missing], computed)
             computed_count += len(missing)
         raise RuntimeError(f"cache '{kind}': {self.file(kind, settings)} keeps losing entries as they are written")
+
+
+class ArtifactCache:
+    """``load_or_build(prefix, key, build, what)`` over a folder of ``.pt`` + ``.json`` pairs: whole derived
+    artifacts (GenLMM's tokenizer and pre-training, the FD projection of a catalogue), not per-item rows."""
+
+    def __init__(self, folder, lock):
+        self.folder, self.lock = Path(folder), lock
+
+    def load_or_build(self, prefix, key, build, what):
+        """``(state_dict, info)`` of artifact ``key`` (``prefix`` may name a subfolder), from disk or from
+    ``build() -> (state_dict, info)`` now."""
+        weights, meta = self.folder / f"{prefix}-{key}.pt", self.folder / f"{prefix}-{key}.json"
+        if weights.is_file() and meta.is_file():
+            try:
+                return torch.load(weights, map_location="cpu", weights_only=True), json.loads(meta.read_text())
+            except Exception as error:  # a damaged artifact is rebuilt, never trusted
+                logger.warning(f"ignoring the unreadable cached file {weights} ({what}; {type(error).__name__}: "
+                               f"{str(error).splitlines()[0]}); rebuilding it")
+        logger.info(f"building {what} (cached as {weights})")
+        start = time.time()
+        state, info = build()
+        info = {"key": key, **info, "build_seconds": round(time.time() - start, 1)}
+        state = {k: v.detach().cpu() for k, v in state.items()}
+        with self.lock():
+            atomic_write(weights, lambda f: torch.save(state, f))
+            atomic_write_bytes(meta, json.dumps(info, indent=1, default=str).encode())
+        return state, info

@@ -1,14 +1,14 @@
 """The catalogue as an encoder sees it: encoder + item embeddings + FAISS index, built once per process for a
 (dataset, encoder) pair and shared by the evaluation, the RL rewards and the gallery.
 """
+import contextlib
 import hashlib
 import logging
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from recbole_gen.files import atomic_write
+from recbole_gen.data.cache import ArtifactCache
 from recbole_gen.retrieval.encoders import build_image_encoder_from_config
 from recbole_gen.retrieval.index import CatalogueIndex, EmptyCatalogueError, IndexSettings
 
@@ -56,18 +56,11 @@ class ImageCatalogue:
     def _fd_projection(self, d, cache_dir):
         if cache_dir is None:
             return self._principal_axes(d)
-        key = hashlib.sha1(memoryview(np.ascontiguousarray(self.embeddings.numpy()))).hexdigest()[:20]
-        path = Path(cache_dir) / "fd-axes" / f"{key}-{d}.npy"
-        if path.is_file():
-            try:
-                axes = torch.from_numpy(np.load(path))
-                if axes.ndim == 2 and axes.shape[0] == self.dim and axes.shape[1] <= d:  # fewer items than d: fewer axes
-                    return axes
-            except Exception as error:  # a damaged cache file is rebuilt, never trusted
-                logging.getLogger().warning(f"ignoring unreadable cache file {path}: {error}")
-        axes = self._principal_axes(d)
-        atomic_write(path, lambda f: np.save(f, axes.numpy()))
-        return axes
+        key = f"{hashlib.sha1(memoryview(np.ascontiguousarray(self.embeddings.numpy()))).hexdigest()[:20]}-{d}"
+        state, _ = ArtifactCache(cache_dir, contextlib.nullcontext).load_or_build(
+            "fd-axes/axes", key, lambda: ({"axes": self._principal_axes(d)}, {"items": self.num_valid}),
+            f"the FD projection of {self.num_valid} catalogue items")
+        return state["axes"]
 
     def _principal_axes(self, d):
         rows = self.embeddings[self.index.valid if isinstance(self.index.valid, torch.Tensor)

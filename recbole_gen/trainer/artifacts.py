@@ -16,9 +16,7 @@ was built); the key is a digest of every setting that defines it and of the cata
 written atomically under the dataset folder's lock; a file that cannot be read is named, ignored and rebuilt.
 """
 import hashlib
-import json
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,8 +25,9 @@ from tqdm import tqdm
 from transformers import JanusVQVAE
 
 from recbole_gen.config import Settings
+from recbole_gen.data.cache import ArtifactCache
 from recbole_gen.data.images import cache_dir, resize
-from recbole_gen.files import atomic_write, atomic_write_bytes, digest, folder_lock
+from recbole_gen.files import digest, folder_lock
 from recbole_gen.model import vq as vqlib
 from recbole_gen.model.generative import GenerativeRecommender
 from recbole_gen.model.genlmm import GenLMM
@@ -64,33 +63,6 @@ class PretrainSettings(Settings):
     def check(self):
         self.require(self.pretrain_steps >= 0, "pretrain_steps", ">= 0")
         self.require(self.pretrain_batch_size >= 1, "pretrain_batch_size", ">= 1")
-
-
-class ArtifactCache:
-    """``load_or_build(prefix, key, build, what)`` over a folder of ``.pt`` + ``.json`` pairs."""
-
-    def __init__(self, folder, lock):
-        self.folder, self.lock = Path(folder), lock
-
-    def load_or_build(self, prefix, key, build, what):
-        """``(state_dict, info)`` of artifact ``key`` (``prefix`` may name a subfolder), from disk or from
-    ``build() -> (state_dict, info)`` now."""
-        weights, meta = self.folder / f"{prefix}-{key}.pt", self.folder / f"{prefix}-{key}.json"
-        if weights.is_file() and meta.is_file():
-            try:
-                return torch.load(weights, map_location="cpu", weights_only=True), json.loads(meta.read_text())
-            except Exception as error:  # a damaged artifact is rebuilt, never trusted
-                logger.warning(f"ignoring the unreadable cached file {weights} ({what}; {type(error).__name__}: "
-                               f"{str(error).splitlines()[0]}); rebuilding it")
-        logger.info(f"building {what} (cached as {weights})")
-        start = time.time()
-        state, info = build()
-        info = {"key": key, **info, "build_seconds": round(time.time() - start, 1)}
-        state = {k: v.detach().cpu() for k, v in state.items()}
-        with self.lock():
-            atomic_write(weights, lambda f: torch.save(state, f))
-            atomic_write_bytes(meta, json.dumps(info, indent=1, default=str).encode())
-        return state, info
 
 
 def prepare_artifacts(config, model, fresh=True):
