@@ -18,7 +18,7 @@ import torch
 
 from recbole.utils import get_trainer as recbole_get_trainer
 from recbole.utils.logger import RemoveColorFilter, log_colors_config
-from recbole.utils.utils import ensure_dir, get_local_time
+from recbole.utils.utils import get_local_time
 
 import recbole
 
@@ -132,7 +132,7 @@ def init_logger(config):
     RecBole hard-codes ``./log/`` and cannot re-initialise within one process; this one can.
     """
     log_dir = config["log_dir"]
-    ensure_dir(os.path.join(log_dir, config["model"]))
+    os.makedirs(os.path.join(log_dir, config["model"]), exist_ok=True)  # ranks start together: RecBole's ensure_dir races
     level = getattr(logging, str(config["state"] or "INFO").upper(), logging.INFO)
     filename = f"{config['model']}-{config['dataset']}-{get_local_time()}.log"
     file_handler = logging.FileHandler(os.path.join(log_dir, config["model"], filename))
