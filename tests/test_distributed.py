@@ -51,12 +51,14 @@ def _run(model, config, nproc):
         torch.set_num_threads(before)
 
 
-def test_one_sft_step_on_two_ranks_equals_one_rank(gtiny, tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_one_sft_step_on_two_ranks_equals_one_rank(gtiny, tmp_path, strategy):
     # 80 users x 5 training rows: one batch of 400 rows on one rank, 200 + 200 (rows 0, 2, ... and 1, 3, ...) on two.
-    # Plain SGD: Adam's first step divides by |gradient| and so magnifies float rounding of near-zero gradients
+    # Plain SGD: Adam's first step divides by |gradient| and so magnifies float rounding of near-zero gradients.
+    # fsdp: the two ranks each hold half of every parameter; the checkpoint is the full state, as one rank's
     config = _config(gtiny, tmp_path, epochs=1, eval_step=0, train_batch_size=400, learner="sgd", learning_rate=1.0,
                      weight_decay=0.0, warmup_steps=0, gradient_accumulation_steps=1, shuffle=False, metrics=["Hit"],
-                     num_samples=1)
+                     num_samples=1, dist_strategy=strategy)
     init, one, two = (_run("GenLMM", {**config, "checkpoint_dir": str(tmp_path / name), "epochs": epochs}, nproc)
                       for name, epochs, nproc in (("init", 0, 1), ("one", 1, 1), ("two", 1, 2)))
     init, first, second = (load_checkpoint(r["model_file"])["state_dict"] for r in (init, one, two))
@@ -135,6 +137,53 @@ def test_rl_ranks_draw_disjoint_rows_stay_identical_and_share_one_checkpoint(gti
         assert torch.equal(value, one["params"][key]), key
     # the budget ran out on rank 1 after its first batch: both ranks stopped there, nobody waited forever
     assert zero["steps"] == one["steps"] == 1 and zero["epochs"] == one["epochs"] == 1
+
+
+def _fsdp_rank(rank, config, port, out):
+    """A sharded SFT epoch and its checkpoint, then RecBole's resume of that checkpoint into a fresh sharded model;
+    the settings FSDP refuses."""
+    from recbole_gen.model import sharding
+
+    torch.set_num_threads(1)
+    settings = {**config, "dist_strategy": "fsdp"}
+    config = _rank_config(settings, rank, port)
+    train_data, _, _ = data_preparation(config, create_dataset(config, images=True))
+    trainer = build_trainer(config, build_model(config, train_data._dataset))
+    weight = dict(trainer.model.named_parameters())["core.lmm.model.language_model.layers.0.mlp.up_proj.weight"]
+    trainer.fit(train_data, saved=True)
+    resumed = build_trainer(config, build_model(config, train_data._dataset))
+    resumed.resume_checkpoint(trainer.saved_model_file)
+    result = {"file": trainer.saved_model_file, "sharded": sharding.is_sharded(trainer.model),
+              "rows": (weight.to_local().shape[0], weight.shape[0]),
+              "model": resumed.model.state_dict(), "optimizer": sharding.full_optimizer_state_dict(resumed.model, resumed.optimizer)}
+    refused = {}
+    for name, overrides in (("lora", {"finetune": "lora"}), ("rl", {"stage": "rl"})):
+        try:
+            other = _rank_config({**settings, **overrides}, rank, port)
+            build_trainer(other, build_model(other, train_data._dataset))
+        except ValueError as error:
+            refused[name] = str(error)
+    result["refused"] = refused
+    torch.save(result, f"{out}/fsdp{rank}.pt")
+
+
+def test_fsdp_shards_saves_one_full_checkpoint_and_resumes_from_it(gtiny, tmp_path):
+    config = _config(gtiny, tmp_path, epochs=1, eval_step=0, train_batch_size=200, num_samples=1, metrics=["Hit"])
+    _ranks(_fsdp_rank, config, _free_port(), str(tmp_path))
+    zero, one = (torch.load(tmp_path / f"fsdp{r}.pt", weights_only=False) for r in (0, 1))
+    assert zero["sharded"] and zero["rows"][0] * 2 == zero["rows"][1]  # each rank holds half of a layer's weight
+    assert zero["file"] == one["file"] and len(list((tmp_path / "saved").glob("*.pth"))) == 1
+    saved = load_checkpoint(zero["file"])
+    assert saved["state_dict"].keys() == zero["model"].keys()
+    for key, value in saved["state_dict"].items():  # a full, unsharded state: what a one-process run saves
+        assert value.shape == zero["model"][key].shape and torch.equal(value, zero["model"][key]), key
+    state = saved["optimizer"]["state"]
+    assert state and state.keys() <= zero["optimizer"]["state"].keys()  # (unused heads start fresh on resume)
+    for name, moments in state.items():  # full Adam moments, keyed by parameter name, back in the resumed shards
+        for moment in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(zero["optimizer"]["state"][name][moment], moments[moment], msg=name)
+    for refused in (zero["refused"], one["refused"]):
+        assert "finetune: full" in refused["lora"] and "dist_strategy: ddp" in refused["rl"]
 
 
 def test_recbole_sasrec_runs_on_two_processes(tmp_path):

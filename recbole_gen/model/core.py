@@ -31,8 +31,9 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from recbole_gen.data.images import resize
+from recbole_gen.model import sharding
 from recbole_gen.model import vq as vqlib
-from recbole_gen.model.backbone import build_backbone
+from recbole_gen.model.backbone import DTYPES, build_backbone
 from recbole_gen.model.content import ItemContent
 from recbole_gen.model.decoding import distinct_plans, filter_logits, guide, row_generators, sample
 from recbole_gen.model.prompt import PromptBuilder
@@ -82,6 +83,16 @@ class GenLMMCore(ItemContent, nn.Module):
                 lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             else:
                 lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    def forward(self, method, *args, **kwargs):
+        """Run one of this module's computations (``"loss"``, ``"generate_tokens"``, ``"decode"``, ...) as its
+        ``forward``: under ``dist_strategy: fsdp`` (:mod:`recbole_gen.model.sharding`) the root's hooks gather the
+        sharded parameters around a forward, so every use of a sharded core goes through here."""
+        return getattr(self, method)(*args, **kwargs)
+
+    def shard(self):
+        """FSDP2: each decoder layer of the language model one unit, the rest of this module the root."""
+        sharding.shard(self, self.lmm.model.language_model.layers, DTYPES[self.settings.dtype.lower()])
 
     # ----------------------------------------------------------------- artifacts handed in
     @property
@@ -421,7 +432,8 @@ class GenLMMCore(ItemContent, nn.Module):
     # ----------------------------------------------------------- checkpoints
     def saved_state_dict(self):
         """The parameters training may change (``saved_parameters``); the rest is rebuilt on load."""
-        return {k: v for k, v in super().state_dict().items() if k in self.saved_parameters}
+        state = sharding.full_state_dict(self) if sharding.is_sharded(self) else self.state_dict()
+        return {k: v for k, v in state.items() if k in self.saved_parameters}
 
     def base_info(self):
         return {"lmm_path": self.settings.lmm_path, "base_seed": self.settings.base_seed,

@@ -18,6 +18,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
 from recbole_gen.files import atomic_write, atomic_write_bytes
+from recbole_gen.model import sharding
 
 
 class UnknownUserError(ValueError):
@@ -168,7 +169,7 @@ class CoreCheckpoint:
 
     def expected_checkpoint_keys(self, given):
         """The ``state_dict`` keys a checkpoint of this configuration holds (``given``: the checkpoint's)."""
-        return {"core." + k for k in self.core.saved_state_dict()}
+        return {"core." + k for k in self.core.state_dict() if k in self.core.saved_parameters}  # names only: no gather
 
     def checkpoint_settings(self):
         """The settings a mismatching checkpoint's error names (the likely cause)."""
@@ -183,6 +184,8 @@ class CoreCheckpoint:
             raise RuntimeError(f"{type(self).__name__} checkpoint does not match this configuration"
                                f"{f' ({settings})' if settings else ''}: missing {missing}, unexpected {unexpected}")
         inner = {k[len("core."):]: v for k, v in state_dict.items() if k.startswith("core.")}
+        if sharding.is_sharded(self.core):  # dist_strategy: fsdp: every rank loads the full state into its shards
+            return sharding.load_full_state_dict(self.core, inner)
         return self.core.load_state_dict(inner, strict=False, assign=assign)
 
     def other_parameter(self):

@@ -56,7 +56,7 @@ class GenLMM(CoreCheckpoint, GenerativeRecommender):
         if self.training and self.settings.cond_dropout > 0:
             drop = torch.rand(len(item_seq)) < self.settings.cond_dropout
         histories = self.core.histories(item_seq, item_len, drop)
-        return self.core.loss(histories, interaction[self.POS_ITEM_ID], no_plan=drop, plan_teacher=plan_teacher)
+        return self.core("loss", histories, interaction[self.POS_ITEM_ID], no_plan=drop, plan_teacher=plan_teacher)
 
     # ---------------------------------------------------------- generation and ranking
     @torch.no_grad()
@@ -70,18 +70,18 @@ class GenLMM(CoreCheckpoint, GenerativeRecommender):
         tokens, chosen = [], []
         for start in range(0, len(histories), step):
             forced = None if plans is None else plans[start:start + step]
-            t, p = self.core.generate_tokens(histories[start:start + step], num_samples=n, seed=seed, plans=forced, **kwargs)
+            t, p = self.core("generate_tokens", histories[start:start + step], num_samples=n, seed=seed, plans=forced, **kwargs)
             tokens.append(t)
             chosen.append(p)
         tokens = torch.cat(tokens)
-        return Generation(pixels=self.core.decode(tokens), plans=torch.cat(chosen), histories=histories, tokens=tokens)
+        return Generation(pixels=self.core("decode", tokens), plans=torch.cat(chosen), histories=histories, tokens=tokens)
 
     @torch.no_grad()
     def full_sort_predict(self, interaction):
         """The plan head's scores of every catalogue item (``plan: semantic``: its code's score)."""
         if not self.core.has_plan:
             return super().full_sort_predict(interaction)
-        logits = self.core.plan_scores(self.core.histories(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]))
+        logits = self.core("plan_scores", self.core.histories(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]))
         if self.settings.plan == "semantic":
             logits = logits[:, self.core.plan_code]
             logits[:, 0] = float("-inf")

@@ -7,13 +7,15 @@ engine, torch.distributed. Every helper is a no-op in a single-process run (``co
 * :func:`any_rank` / :func:`mean_over_ranks`: decisions every rank must take together (a wall-clock budget that
   one rank reaches first would leave the others waiting forever in a collective) and logged scalars.
 * :class:`DistributedMixin`: one checkpoint name (rank 0's clock decides it), written by rank 0 before any rank
-  reads it.
+  reads it; with ``dist_strategy: fsdp`` the file holds the full (gathered) model and optimizer states.
 """
 import contextlib
 import os
 
 import torch
 import torch.distributed as dist
+
+from recbole_gen.model import sharding
 
 
 def is_distributed(config):
@@ -96,9 +98,43 @@ class GradientSync:
         return loss + sum(p.sum() * 0 for p in self.params)
 
 
+class ShardedGradientSync:
+    """:class:`GradientSync` under FSDP2 (``dist_strategy: fsdp``): ``fully_shard``'s own hooks reduce-scatter the
+    gradients of a loss computed through the root's ``forward``; on accumulation micro-steps they are told not to."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def prepare(self, loss, sync=True):
+        sharding.set_gradient_sync(self.model, sync)
+        return loss
+
+
 def gradient_sync(trainer):
-    """A :class:`GradientSync` for ``trainer``'s DDP wrapper (RecBole's ``distributed_model``), None in one process."""
-    return GradientSync(trainer.distributed_model) if is_distributed(trainer.config) else None
+    """The gradient averaging of ``trainer``'s model: FSDP2's for a sharded model, DDP's for RecBole's
+    ``distributed_model``; None in one process."""
+    if not is_distributed(trainer.config):
+        return None
+    if sharding.is_sharded(trainer.model):
+        return ShardedGradientSync(trainer.model)
+    return GradientSync(trainer.distributed_model)
+
+
+@contextlib.contextmanager
+def full_state_dicts(model, optimizer):
+    """A sharded model (``dist_strategy: fsdp``): every rank joins gathering the full model and optimizer states (they
+    are collectives), and while open ``model.state_dict()`` / ``optimizer.state_dict()`` return them, so RecBole's
+    save, which runs on rank 0 alone, writes one full checkpoint in its own format. A no-op otherwise."""
+    if not sharding.is_sharded(model):
+        yield
+        return
+    model_state, optimizer_state = model.state_dict(), sharding.full_optimizer_state_dict(model, optimizer)
+    model.state_dict = lambda *args, **kwargs: model_state
+    optimizer.state_dict = lambda: optimizer_state
+    try:
+        yield
+    finally:
+        del model.state_dict, optimizer.state_dict  # the classes' methods again
 
 
 class DistributedMixin:
@@ -113,5 +149,22 @@ class DistributedMixin:
         self.saved_model_file = broadcast_from_rank0(config, self.saved_model_file)
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
-        super()._save_checkpoint(epoch, verbose=verbose, **kwargs)
+        with full_state_dicts(self.model, self.optimizer):
+            super()._save_checkpoint(epoch, verbose=verbose, **kwargs)
         barrier(self.config)
+
+    def resume_checkpoint(self, resume_file):
+        """RecBole's resume; a sharded model's optimizer takes the checkpoint's full state and keeps its shard."""
+        if not sharding.is_sharded(self.model):
+            return super().resume_checkpoint(resume_file)
+        optimizer = self.optimizer
+
+        def load_full(state):
+            del optimizer.load_state_dict  # torch's own again: the sharded load calls it with this rank's shard
+            sharding.load_full_optimizer_state_dict(self.model, optimizer, state)
+
+        optimizer.load_state_dict = load_full
+        try:
+            return super().resume_checkpoint(resume_file)
+        finally:
+            optimizer.__dict__.pop("load_state_dict", None)

@@ -24,6 +24,8 @@ from recbole_gen.config import Settings
 from recbole_gen.trainer.distributed import any_rank, gradient_sync, is_distributed, mean_over_ranks, world_size
 from recbole_gen.trainer.loop import SCHEDULES, Budget, OptimizerSteps
 
+DIST_STRATEGIES = ("ddp", "fsdp")
+
 
 @dataclass(frozen=True)
 class LoopSettings(Settings):
@@ -49,10 +51,12 @@ class SFTSettings(LoopSettings):
 
     plan_teacher_file: Optional[str]
     plan_teacher_weight: float
+    dist_strategy: str
 
     def check(self):
         super().check()
         self.require(0 <= self.plan_teacher_weight <= 1, "plan_teacher_weight", "in [0, 1]")
+        self.require(self.dist_strategy in DIST_STRATEGIES, "dist_strategy", f"one of {', '.join(DIST_STRATEGIES)}")
 
 
 class SFTTrainer(Trainer):
@@ -63,11 +67,16 @@ class SFTTrainer(Trainer):
 
     def __init__(self, config, model):
         self.sft = self.sft_settings.from_config(config)
+        self._shard(config, model)
         super().__init__(config, model)
         self.budget = Budget(self.sft.max_train_minutes)
         self.world = world_size(config)
         self.steps = None
         self.throughput = {}
+
+    def _shard(self, config, model):
+        """``dist_strategy: fsdp`` shards the model here, before RecBole's trainer would wrap it in DDP (a trainer
+        that supports it overrides this)."""
 
     def _build_optimizer(self, **kwargs):
         return super()._build_optimizer(params=[p for p in self.model.parameters() if p.requires_grad], **kwargs)
@@ -169,6 +178,14 @@ class GenLMMTrainer(SFTTrainer):
     def __init__(self, config, model):
         super().__init__(config, model)
         self.teacher = None
+
+    def _shard(self, config, model):
+        if self.sft.dist_strategy != "fsdp" or not is_distributed(config):
+            return
+        if model.settings.finetune != "full":
+            raise ValueError(f"dist_strategy: fsdp shards a full fine-tuning (finetune: full); finetune: "
+                             f"{model.settings.finetune} trains few parameters and runs on DDP (dist_strategy: ddp)")
+        model.core.shard()
 
     def _throughput_unit(self):
         return "target image tokens", self.model.core.num_image_tokens
