@@ -21,7 +21,7 @@ from recbole_gen.data import create_dataset, ensure_dataset_files
 from recbole_gen.evaluator import wants_image_metrics
 from recbole_gen.evaluator.intervals import user_values
 from recbole_gen.model.generative import GenerativeRecommender
-from recbole_gen.trainer.distributed import rank0_first
+from recbole_gen.ranks import rank0_first
 from recbole_gen.utils import get_model, get_trainer, init_logger, training_randomness_kept, with_mixin
 
 
@@ -76,7 +76,7 @@ def run_recbole(model=None, dataset=None, config_file_list=None, config_dict=Non
     :func:`recbole_gen.evaluator.intervals.user_values`)."""
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
     check_settings(config)
-    with rank0_first(config):  # one process builds a built-in dataset and fills the caches, the others read them
+    with rank0_first():  # one process builds a built-in dataset and fills the caches, the others read them
         ensure_dataset_files(config)  # fail (or build a built-in dataset) before any log is written
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
@@ -84,7 +84,7 @@ def run_recbole(model=None, dataset=None, config_file_list=None, config_dict=Non
     logger.info(sys.argv)
     logger.info(config)
 
-    with rank0_first(config):
+    with rank0_first():
         dataset = create_dataset(config, images=needs_images(config))
     logger.info(dataset)
     train_data, valid_data, test_data = data_preparation(config, dataset)
@@ -143,7 +143,7 @@ def build_model(config, dataset):
         model.load_state_dict(checkpoint["state_dict"])
         model.load_other_parameter(checkpoint.get("other_parameter"))
         getLogger().info(set_color("init_from", "blue") + f": {config['init_from']}")
-    with rank0_first(config):  # rank 0 trains what is not cached yet (tokenizer, pre-training), the others load it
+    with rank0_first():  # rank 0 trains what is not cached yet (tokenizer, pre-training), the others load it
         prepare_artifacts(config, model, fresh=not config["init_from"])
     return model
 

@@ -186,6 +186,44 @@ def test_fsdp_shards_saves_one_full_checkpoint_and_resumes_from_it(gtiny, tmp_pa
         assert "finetune: full" in refused["lora"] and "dist_strategy: ddp" in refused["rl"]
 
 
+def _catalogue(config, counted=None):
+    """The evaluation catalogue of ``config``'s dataset, its encoder's rows counted into ``counted``."""
+    from recbole_gen.ranks import rank0_first
+    from recbole_gen.retrieval.catalogue import ImageCatalogue
+    from recbole_gen.retrieval.encoders import build_image_encoder_from_config
+
+    with rank0_first():
+        store = create_dataset(config, images=True).image_store
+    encoder = build_image_encoder_from_config(config, "eval_encoder")
+    encode = encoder.encode
+    encoder.encode = lambda pixels: (counted.append(len(pixels)) if counted is not None else None, encode(pixels))[1]
+    catalogue = ImageCatalogue.from_store(store, encoder, index_config=config, fd_dim=config["eval_fd_dim"])
+    found = catalogue.index.search(catalogue.embeddings[1:17], 5)
+    return {"embeddings": catalogue.embeddings, "found": found, "fd": catalogue.fd_projection,
+            "items": int(catalogue.has_image.sum())}
+
+
+def _catalogue_rank(rank, config, port, out):
+    torch.set_num_threads(1)
+    counted = []
+    result = _catalogue(_rank_config(config, rank, port), counted)
+    torch.save({**result, "encoded": sum(counted)}, f"{out}/catalogue{rank}.pt")
+
+
+def test_catalogue_is_encoded_a_share_per_rank_and_its_index_built_once(data, tmp_path):
+    settings = {**_config(data, tmp_path), "eval_index": "ivf", "eval_index_nlist": 2, "eval_fd_dim": 8}
+    one = _catalogue(Config(model="GenLMM", dataset="gtiny", config_dict={**settings, "cache_dir": str(tmp_path / "one")}))
+    _ranks(_catalogue_rank, {**settings, "cache_dir": str(tmp_path / "two")}, _free_port(), str(tmp_path))
+    zero, other = (torch.load(tmp_path / f"catalogue{r}.pt", weights_only=False) for r in (0, 1))
+    assert zero["encoded"] + other["encoded"] == one["items"] and abs(zero["encoded"] - other["encoded"]) <= 1
+    assert len(list((tmp_path / "two").rglob("faiss-index/index-*.pt"))) == 1  # rank 0 built it, rank 1 read it
+    for result in (zero, other):
+        torch.testing.assert_close(result["embeddings"], one["embeddings"])
+        torch.testing.assert_close(result["fd"], one["fd"])
+        for got, want in zip(result["found"], one["found"]):
+            torch.testing.assert_close(got, want)
+
+
 def test_recbole_sasrec_runs_on_two_processes(tmp_path):
     result = _run("SASRec", {"dataset": "ml-100k", "data_path": str(tmp_path / "data"), "epochs": 1,
                              "hidden_size": 16, "inner_size": 32, "n_layers": 1, "n_heads": 1, "MAX_ITEM_LIST_LENGTH": 10,

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from recbole_gen.files import atomic_write, atomic_write_bytes, digest, folder_lock
+from recbole_gen.ranks import barrier, broadcast_from_rank0, rank_and_world
 
 logger = logging.getLogger(__name__)
 
@@ -158,19 +159,26 @@ class FeatureCache:
                 atomic_write_bytes(settings_file, json.dumps({"kind": kind, "settings": settings},
                                                              sort_keys=True, indent=1, default=str).encode())
 
-    def lookup(self, kind, settings, hashes, compute):
+    def lookup(self, kind, settings, hashes, compute, shared=False):
         """Rows for ``hashes`` (list of str; '' = a zero row) as :class:`CachedRows`; ``compute(positions) -> rows``
         runs for one position per distinct missing hash (again for the rest when a stale file of another row shape
-        is replaced). Returns ``(rows or None, n_computed)``."""
+        is replaced). ``shared``: every rank calls this together and ``compute`` is a collective over them
+        (:func:`recbole_gen.ranks.split_over_ranks`): all compute rank 0's missing rows, rank 0 alone writes them,
+        the others read them after. Returns ``(rows or None, n_computed)``."""
         computed_count = 0
         for _ in range(3):
             missing = self.missing(kind, settings, hashes)
+            if shared:
+                missing = broadcast_from_rank0(missing)
             if len(missing) == 0:
                 return self.rows(kind, settings, hashes), computed_count
             computed = np.asarray(compute(missing))
             if len(computed) != len(missing):
                 raise ValueError(f"cache '{kind}': compute returned {len(computed)} rows for {len(missing)} items")
-            self.put(kind, settings, [hashes[p] for p in missing], computed)
+            if not shared or rank_and_world()[0] == 0:
+                self.put(kind, settings, [hashes[p] for p in missing], computed)
+            if shared:
+                barrier()
             computed_count += len(missing)
         raise RuntimeError(f"cache '{kind}': {self.file(kind, settings)} keeps losing entries as they are written")
 

@@ -234,14 +234,15 @@ class ItemImageStore:
                                  f"(columns: {header or 'no .item file'})")
         return [columns[field].get(t, "") if i else "" for i, t in enumerate(self.item_tokens)]
 
-    def cached(self, kind, settings, compute):
+    def cached(self, kind, settings, compute, shared=False):
         """Per-item derived features through the disk cache, :class:`~recbole_gen.data.cache.CachedRows`
         ``[item_num, ...]`` (read on demand; ``np.asarray`` reads them all).
 
         ``compute(item_indices: LongTensor, pixels: FloatTensor[len, 3, S, S]) -> np.ndarray`` is called in
         batches of :data:`COMPUTE_BATCH` for the items whose entry (image content hash + ``settings`` + pixel
         settings) is missing; items sharing identical image bytes share one entry. Padding and image-less
-        items get zero rows.
+        items get zero rows. ``shared``: every rank calls this together with a ``compute`` split over the ranks
+        (:meth:`~recbole_gen.data.cache.ItemCache.lookup`).
         """
         full = {"settings": settings, "pixels": _pixel_settings(self.config)}
 
@@ -250,7 +251,7 @@ class ItemImageStore:
                       for part in np.array_split(positions, max(1, -(-len(positions) // COMPUTE_BATCH)))]
             return np.concatenate(chunks)
 
-        rows, n = self.cache.lookup(kind, full, self.item_hashes, run)
+        rows, n = self.cache.lookup(kind, full, self.item_hashes, run, shared=shared)
         if n:
             logger.info(f"cache '{kind}': computed {n} item(s), {sum(1 for h in self.item_hashes if h) - n} from cache")
         if rows is None:

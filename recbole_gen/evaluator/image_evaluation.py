@@ -32,7 +32,7 @@ from recbole_gen.evaluator.collector import HISTORY, SAMPLES, ImageCollector
 from recbole_gen.evaluator.metrics import wants_image_metrics
 from recbole_gen.evaluator.scoring import TopKScores, catalogue_scores, catalogue_topk, rank_fusion
 from recbole_gen.model.generative import GenerativeRecommender
-from recbole_gen.trainer.distributed import is_distributed, rank0_first
+from recbole_gen.trainer.distributed import is_distributed
 from recbole_gen.utils import training_randomness_kept, with_mixin
 
 RANK_BY = ("images", "plan", "both")
@@ -87,8 +87,7 @@ class ImageEvaluationMixin:
         if getattr(dataset, "image_store", None) is None:
             raise ValueError("image metrics need a dataset with item images: build it with "
                              "recbole_gen.data.create_dataset(config, images=True) (run_recbole does)")
-        with rank0_first(self.config):
-            self.catalogue = ImageCatalogue.from_config(self.config, dataset.image_store)
+        self.catalogue = ImageCatalogue.from_config(self.config, dataset.image_store)  # by all ranks together
         future = self._future_by_user if dataset is not self._future_dataset else None
         self.eval_collector.set_image_context(self.catalogue, build_oracle_judge(self.config, dataset, self.catalogue), future)
         result = super().evaluate(eval_data, load_best_model, model_file, show_progress)

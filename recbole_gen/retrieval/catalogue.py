@@ -1,5 +1,9 @@
 """The catalogue as an encoder sees it: encoder + item embeddings + FAISS index, built once per process for a
 (dataset, encoder) pair and shared by the evaluation, the RL rewards and the gallery.
+
+Under several processes (``--nproc``) every rank builds it together: the items missing from the embedding cache are
+encoded a share per rank and all-gathered (rank 0 writes them to the cache); then rank 0 builds the FAISS index and
+the FD projection into the cache and the other ranks read them from there.
 """
 import contextlib
 import hashlib
@@ -9,6 +13,7 @@ import numpy as np
 import torch
 
 from recbole_gen.data.cache import ArtifactCache
+from recbole_gen.ranks import rank0_first, split_over_ranks
 from recbole_gen.retrieval.encoders import build_image_encoder_from_config
 from recbole_gen.retrieval.index import CatalogueIndex, EmptyCatalogueError, IndexSettings
 
@@ -109,8 +114,8 @@ class ImageCatalogue:
         ids = torch.nonzero(has_image).flatten()
         if hasattr(encoder, "fit") and encoder.mean is None:
             encoder.fit(store.pixels(chunk) for chunk in torch.split(ids, 1024))
-        embeddings = np.asarray(store.cached(f"embeddings-{encoder.name}", encoder.settings(),
-                                             lambda _, pixels: encoder.encode(pixels).cpu().numpy()))
+        encode = split_over_ranks(lambda _, pixels: encoder.encode(pixels).cpu().numpy())
+        embeddings = np.asarray(store.cached(f"embeddings-{encoder.name}", encoder.settings(), encode, shared=True))
         return cls._indexed(encoder, embeddings, has_image, index_config, fd_dim, cache_dir=store.cache.root)
 
     @classmethod
@@ -118,8 +123,12 @@ class ImageCatalogue:
         """The catalogue and its index over one float copy of the embeddings (rows without an image zeroed)."""
         embeddings = torch.as_tensor(np.asarray(embeddings), dtype=torch.float32)
         embeddings[~has_image] = 0
-        index = CatalogueIndex.from_settings(embeddings, valid=has_image, config=index_config)
-        return cls(encoder, embeddings, has_image, index=index, fd_dim=fd_dim, cache_dir=cache_dir)
+        if cache_dir is None:
+            index = CatalogueIndex.from_settings(embeddings, valid=has_image, config=index_config)
+            return cls(encoder, embeddings, has_image, index=index, fd_dim=fd_dim)
+        with rank0_first():  # rank 0 builds the index and the FD projection into the cache, the others read them
+            index = CatalogueIndex.cached(embeddings, has_image, index_config, ArtifactCache(cache_dir, contextlib.nullcontext))
+            return cls(encoder, embeddings, has_image, index=index, fd_dim=fd_dim, cache_dir=cache_dir)
 
     @classmethod
     def from_config(cls, config, store, prefix="eval_encoder"):

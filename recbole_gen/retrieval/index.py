@@ -29,6 +29,7 @@ first in practice, not guaranteed); :meth:`full_scores` leaves the order to whoe
 scores, so which of them is "hit" is arbitrary; similarity metrics (TargetSim...) treat them as the
 same answer.
 """
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -37,6 +38,7 @@ import numpy as np
 import torch
 
 from recbole_gen.config import ConfigError, Settings
+from recbole_gen.files import digest
 
 KINDS = ("flat", "hnsw", "ivf", "ivf_hnsw", "ivf_pq")
 AUTO_KINDS = ("flat", "ivf", "ivf_hnsw", "ivf_pq")  # what ``auto`` picks, smallest catalogue first
@@ -75,6 +77,13 @@ class IndexSettings(Settings):
             self.require(getattr(self, key) >= 1, key, ">= 1")
         self.require(self.eval_index_nlist is None or self.eval_index_nlist >= 1, "eval_index_nlist", "~ or >= 1")
         self.require(self.eval_index_nlist_factor > 0, "eval_index_nlist_factor", "> 0")
+
+
+def resolved_kind(settings, num_items):
+    """The index kind ``settings`` give a catalogue of ``num_items`` (``auto`` resolved; no settings: flat)."""
+    if settings is None:
+        return "flat"
+    return auto_kind(num_items, settings.eval_index_auto_limits) if settings.eval_index == "auto" else settings.eval_index
 
 
 def auto_kind(num_items, limits):
@@ -139,7 +148,8 @@ class CatalogueIndex:
         batch_size: queries per FAISS call.
     """
 
-    def __init__(self, embeddings, valid=None, settings=None, batch_size=4096):
+    def __init__(self, embeddings, valid=None, settings=None, batch_size=4096, faiss_index=None):
+        """``faiss_index``: this index already built over these embeddings and settings (read from a cache)."""
         import faiss
 
         self.embeddings = _as_float32(embeddings, "catalogue embeddings")
@@ -159,18 +169,18 @@ class CatalogueIndex:
                 "check that the dataset's item images were found"
             )
         self.batch_size = int(batch_size)
-        self.kind = "flat" if settings is None else settings.eval_index
-        if self.kind == "auto":
-            self.kind = auto_kind(len(self.ids), settings.eval_index_auto_limits)
+        self.kind = resolved_kind(settings, len(self.ids))
         self.spec, params = factory_string(self.kind, self.dim, len(self.ids), settings)
         self.rerank = settings.eval_index_pq_rerank if self.kind == "ivf_pq" else 1
-        vectors = self.embeddings[self.ids]
-        self.faiss_index = faiss.index_factory(self.dim, self.spec, faiss.METRIC_INNER_PRODUCT)
-        if self.kind == "hnsw":
-            self.faiss_index.hnsw.efConstruction = settings.eval_index_ef_construction
-        if not self.faiss_index.is_trained:
-            self.faiss_index.train(vectors)
-        self.faiss_index.add(vectors)
+        self.faiss_index = faiss_index
+        if faiss_index is None:
+            vectors = self.embeddings[self.ids]
+            self.faiss_index = faiss.index_factory(self.dim, self.spec, faiss.METRIC_INNER_PRODUCT)
+            if self.kind == "hnsw":
+                self.faiss_index.hnsw.efConstruction = settings.eval_index_ef_construction
+            if not self.faiss_index.is_trained:
+                self.faiss_index.train(vectors)
+            self.faiss_index.add(vectors)
         if params:
             faiss.ParameterSpace().set_index_parameters(self.faiss_index, params)
 
@@ -178,6 +188,31 @@ class CatalogueIndex:
     def from_settings(cls, embeddings, valid=None, config=None):
         """Build from the ``eval_index*`` keys of ``config`` (:class:`IndexSettings`); exact flat without a config."""
         return cls(embeddings, valid=valid, settings=None if config is None else IndexSettings.from_config(config))
+
+    @classmethod
+    def cached(cls, embeddings, valid, config, cache):
+        """:meth:`from_settings` through an :class:`~recbole_gen.data.cache.ArtifactCache`: an index that is trained
+        or built as a graph (every kind but ``flat``, minutes per million items) is built once for these embeddings
+        and settings; later processes, benchmark rows and ranks read it (and all search the same graph)."""
+        import faiss
+
+        settings = None if config is None else IndexSettings.from_config(config)
+        valid = np.asarray(valid.cpu() if isinstance(valid, torch.Tensor) else valid, dtype=bool)
+        count = int(valid[1:].sum())
+        kind = resolved_kind(settings, count)
+        if kind == "flat":
+            return cls(embeddings, valid=valid, settings=settings)
+        vectors = _as_float32(embeddings, "catalogue embeddings")
+        key = digest({"embeddings": hashlib.sha1(memoryview(vectors)).hexdigest(), "valid": hashlib.sha1(valid).hexdigest(),
+                      "settings": settings.as_dict()})
+
+        def build():
+            built = cls(vectors, valid=valid, settings=settings)
+            return ({"index": torch.from_numpy(faiss.serialize_index(built.faiss_index))},
+                    {"kind": built.kind, "spec": built.spec, "items": len(built)})
+
+        state, _ = cache.load_or_build("faiss-index/index", key, build, f"the {kind} FAISS index of {count} catalogue items")
+        return cls(vectors, valid=valid, settings=settings, faiss_index=faiss.deserialize_index(state["index"].numpy()))
 
     @property
     def exact(self):

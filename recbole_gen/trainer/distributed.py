@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from recbole_gen.model import sharding
+from recbole_gen.ranks import barrier, broadcast_from_rank0
 
 
 def is_distributed(config):
@@ -48,30 +49,6 @@ def mean_over_ranks(config, values):
     summed = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
     dist.all_reduce(summed)
     return {k: v / world_size(config) for k, v in zip(keys, summed.tolist())}
-
-
-def broadcast_from_rank0(config, obj):
-    """Rank 0's ``obj`` (any picklable value) on every rank."""
-    if not is_distributed(config):
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def barrier(config):
-    if is_distributed(config):
-        dist.barrier()
-
-
-@contextlib.contextmanager
-def rank0_first(config):
-    """Rank 0 runs the block first (filling an on-disk cache), the other ranks after it (reading the cache)."""
-    if is_distributed(config) and rank_of(config) != 0:
-        dist.barrier()
-    yield
-    if is_distributed(config) and rank_of(config) == 0:
-        dist.barrier()
 
 
 class GradientSync:
@@ -146,12 +123,12 @@ class DistributedMixin:
     def __init__(self, config, model):
         os.makedirs(config["checkpoint_dir"], exist_ok=True)
         super().__init__(config, model)
-        self.saved_model_file = broadcast_from_rank0(config, self.saved_model_file)
+        self.saved_model_file = broadcast_from_rank0(self.saved_model_file)
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
         with full_state_dicts(self.model, self.optimizer):
             super()._save_checkpoint(epoch, verbose=verbose, **kwargs)
-        barrier(self.config)
+        barrier()
 
     def resume_checkpoint(self, resume_file):
         """RecBole's resume; a sharded model's optimizer takes the checkpoint's full state and keeps its shard."""

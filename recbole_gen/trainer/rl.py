@@ -35,7 +35,8 @@ from recbole.utils import set_color
 
 from recbole_gen.checkpoint import load_checkpoint, save_checkpoint
 from recbole_gen.config import Settings, plain_config
-from recbole_gen.trainer.distributed import any_rank, barrier, gradient_sync, is_distributed, mean_over_ranks, rank0_first, rank_of
+from recbole_gen.ranks import barrier
+from recbole_gen.trainer.distributed import any_rank, gradient_sync, is_distributed, mean_over_ranks, rank_of
 from recbole_gen.trainer.genlmm import GenLMMTrainer
 from recbole_gen.trainer.loop import OptimizerSteps
 from recbole_gen.trainer.rewards import REWARDS, Rollout, RewardSet, group_normalise
@@ -174,8 +175,7 @@ class RolloutTrainer(GenLMMTrainer):
 
         rl, model = self.rl, self.model
         weights = rl.weights()
-        with rank0_first(self.config):  # rank 0 encodes the catalogue into the cache, the others read it
-            catalogue = ImageCatalogue.from_config(self.config, model.store, prefix="rl_reward_encoder")
+        catalogue = ImageCatalogue.from_config(self.config, model.store, prefix="rl_reward_encoder")  # by all ranks
         recommender = simulator = None
         if weights["recommender"] or weights["plan"]:
             if is_distributed(self.config) and not rl.reward_recommender_file:
@@ -291,7 +291,7 @@ class RolloutTrainer(GenLMMTrainer):
         }
         if rank_of(self.config) == 0:
             save_checkpoint(self.saved_model_file, state)
-        barrier(self.config)
+        barrier()
         self.last_good_checkpoint, self._last_good_step = self.saved_model_file, self.rl_step
         if verbose:
             self.logger.info(set_color("Saving current", "blue") + f": {self.saved_model_file} (RL step {self.rl_step})")
