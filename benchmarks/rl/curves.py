@@ -57,8 +57,12 @@ def main():
     if not found:
         raise SystemExit(f"no {', '.join(ROWS)} rows in {args.results}/rows: run the benchmark first (benchmarks/rl/README.md)")
     held_out = [panel for panel in HELD_OUT if any(len(valid) > 1 and panel[0] in valid[0] for _, valid in found.values())]
-    panels = len(PANELS) + len(held_out)
-    figure, axes = plt.subplots(1, panels, figsize=(3.2 * panels, 3))
+    # training curves on the first row, held-out ones (if any) on the second
+    columns = len(PANELS)
+    figure, grid = plt.subplots(2 if held_out else 1, columns, figsize=(3.2 * columns, 6 if held_out else 3), squeeze=False)
+    axes = list(grid[0]) + list(grid[1][:len(held_out)] if held_out else [])
+    for ax in (grid[1][len(held_out):] if held_out else []):
+        ax.set_visible(False)
     for ax, (key, title) in zip(axes, PANELS):
         for row, (history, _) in found.items():
             if key in history[0]:
