@@ -325,14 +325,13 @@ class RolloutTrainer(GenLMMTrainer):
             self.rewards = self.build_rewards(train_data)
         inter = train_data._dataset.inter_feat
         every = rl.rl_eval_every if valid_data else 0
-        resumed_after_one = self.rl_valid_history and self.rl_valid_history[-1]["step"] == self.rl_step
-        if every and self.rl_step < rl.rl_steps and self.rl_step % every == 0 and not resumed_after_one:
+        if self._validation_due(every):
             self._held_out(valid_data, show_progress, verbose)
         self.model.eval()
         while self.rl_step < rl.rl_steps:
             log = self._rl_step(inter)
             self._log(log)
-            if every and self.rl_step % every == 0 and self.rl_step < rl.rl_steps:
+            if self._validation_due(every):
                 self._held_out(valid_data, show_progress, verbose)
             if saved and rl.rl_save_every and self.rl_step % rl.rl_save_every == 0 and self.rl_step < rl.rl_steps:
                 self._save_rl_checkpoint(verbose=verbose)
@@ -342,6 +341,12 @@ class RolloutTrainer(GenLMMTrainer):
         if saved:
             self._save_rl_checkpoint(verbose=verbose)
         return self.best_valid_score, self.best_valid_result
+
+    def _validation_due(self, every):
+        """A held-out validation at this step: every ``every`` steps before the last (the last always validates),
+        once per step (a run resumed from a checkpoint may have validated at its step already)."""
+        done = bool(self.rl_valid_history) and self.rl_valid_history[-1]["step"] == self.rl_step
+        return bool(every) and self.rl_step < self.rl.rl_steps and self.rl_step % every == 0 and not done
 
     def _held_out(self, valid_data, show_progress, verbose):
         """Validate the current policy; the result joins ``rl_valid_history`` (the checkpoint keeps it)."""
