@@ -184,6 +184,11 @@ def test_fsdp_shards_saves_one_full_checkpoint_and_resumes_from_it(gtiny, tmp_pa
             torch.testing.assert_close(zero["optimizer"]["state"][name][moment], moments[moment], msg=name)
     for refused in (zero["refused"], one["refused"]):
         assert "finetune: full" in refused["lora"] and "dist_strategy: ddp" in refused["rl"]
+    # one process cannot resume the sharded optimizer state: it says how to, instead of torch's KeyError
+    single = Config(model="GenLMM", dataset="gtiny", config_dict=config)
+    train_data, _, _ = data_preparation(single, create_dataset(single, images=True))
+    with pytest.raises(ValueError, match="dist_strategy=fsdp, or start a new run from its weights with init_from"):
+        build_trainer(single, build_model(single, train_data._dataset)).resume_checkpoint(zero["file"])
 
 
 def _catalogue(config, counted=None):

@@ -70,6 +70,11 @@ def full_optimizer_state_dict(module, optimizer):
     return get_optimizer_state_dict(module, optimizer, options=FULL)
 
 
+def is_full_optimizer_state(state):
+    """Whether an optimizer state came from :func:`full_optimizer_state_dict` (keyed by parameter name, not index)."""
+    return any(isinstance(key, str) for key in state.get("state", {}))
+
+
 def load_full_optimizer_state_dict(module, optimizer, state):
     """Load a full optimizer state from :func:`full_optimizer_state_dict` (every rank holds it); a trainable
     parameter that never had a gradient (e.g. a head no loss used) has no state there and starts fresh. A collective."""

@@ -131,16 +131,21 @@ class DistributedMixin:
         barrier()
 
     def resume_checkpoint(self, resume_file):
-        """RecBole's resume; a sharded model's optimizer takes the checkpoint's full state and keeps its shard."""
-        if not sharding.is_sharded(self.model):
-            return super().resume_checkpoint(resume_file)
-        optimizer = self.optimizer
+        """RecBole's resume; a sharded model's optimizer takes the checkpoint's full state and keeps its shard, and
+        an unsharded one refuses a sharded run's (keyed by parameter name) with a message instead of torch's."""
+        optimizer, sharded = self.optimizer, sharding.is_sharded(self.model)
 
-        def load_full(state):
-            del optimizer.load_state_dict  # torch's own again: the sharded load calls it with this rank's shard
-            sharding.load_full_optimizer_state_dict(self.model, optimizer, state)
+        def load(state):
+            del optimizer.load_state_dict  # torch's own again (the sharded load calls it with this rank's shard)
+            if sharded:
+                sharding.load_full_optimizer_state_dict(self.model, optimizer, state)
+            elif sharding.is_full_optimizer_state(state):
+                raise ValueError(f"{resume_file} was saved by a sharded run (dist_strategy: fsdp): resume it with "
+                                 f"--nproc>1 --dist_strategy=fsdp, or start a new run from its weights with init_from")
+            else:
+                optimizer.load_state_dict(state)
 
-        optimizer.load_state_dict = load_full
+        optimizer.load_state_dict = load
         try:
             return super().resume_checkpoint(resume_file)
         finally:
