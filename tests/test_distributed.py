@@ -2,7 +2,6 @@
 1 rank x B; evaluation on 2 ranks equals 1 rank, FD / ImageCoverage / Diversity included, on a user count that makes
 the sampler pad; RL ranks draw disjoint rows, stay identical and share one checkpoint; a budget stop on one rank
 does not hang the other; RecBole's SASRec runs with --nproc=2 end to end."""
-import socket
 import time
 
 import pytest
@@ -15,16 +14,10 @@ from recbole_gen.config import Config
 from recbole_gen.data import create_dataset
 from recbole_gen.quick_start import build_model, build_trainer, run, run_recbole
 from recbole_gen.trainer.loop import Budget
-from test_genlmm_support import emoji64, gtiny, recbole_config, write_dataset  # noqa: F401
+from test_genlmm_support import emoji64, free_port, gtiny, recbole_config, write_dataset  # noqa: F401
 
 IMAGE_METRICS = ["Hit", "NDCG", "TargetSim", "FD", "ImageCoverage", "Diversity"]
 USERS = 81  # an odd number of test users: the DistributedSampler repeats one to fill the second rank
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +39,7 @@ def _run(model, config, nproc):
     try:
         if nproc == 1:
             return run_recbole(model=model, dataset=config.get("dataset"), config_dict=config)
-        return run(model, config.get("dataset"), config_dict=config, nproc=nproc, port=_free_port())
+        return run(model, config.get("dataset"), config_dict=config, nproc=nproc, port=free_port())
     finally:
         torch.set_num_threads(before)
 
@@ -128,7 +121,7 @@ def _rl_and_budget_rank(rank, config, port, out):
 def test_rl_ranks_draw_disjoint_rows_stay_identical_and_share_one_checkpoint(gtiny, tmp_path):
     config = _config(gtiny, tmp_path, rl_batch_size=4, rl_group_size=2, rl_learning_rate=1e-2, rl_recommender_weight=0.0,
                      rl_diversity_weight=0.0, rl_reward_encoder="pixel", rl_log_every=0, epochs=3, train_batch_size=32)
-    _ranks(_rl_and_budget_rank, config, _free_port(), str(tmp_path))
+    _ranks(_rl_and_budget_rank, config, free_port(), str(tmp_path))
     zero, one = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     assert len(zero["drawn"]) == len(one["drawn"]) == 4 and not set(zero["drawn"]) & set(one["drawn"])
     assert zero["file"] == one["file"] and len(list((tmp_path / "saved").glob("*.pth"))) == 1
@@ -169,7 +162,7 @@ def _fsdp_rank(rank, config, port, out):
 
 def test_fsdp_shards_saves_one_full_checkpoint_and_resumes_from_it(gtiny, tmp_path):
     config = _config(gtiny, tmp_path, epochs=1, eval_step=0, train_batch_size=200, num_samples=1, metrics=["Hit"])
-    _ranks(_fsdp_rank, config, _free_port(), str(tmp_path))
+    _ranks(_fsdp_rank, config, free_port(), str(tmp_path))
     zero, one = (torch.load(tmp_path / f"fsdp{r}.pt", weights_only=False) for r in (0, 1))
     assert zero["sharded"] and zero["rows"][0] * 2 == zero["rows"][1]  # each rank holds half of a layer's weight
     assert zero["file"] == one["file"] and len(list((tmp_path / "saved").glob("*.pth"))) == 1
@@ -218,7 +211,7 @@ def _catalogue_rank(rank, config, port, out):
 def test_catalogue_is_encoded_a_share_per_rank_and_its_index_built_once(data, tmp_path):
     settings = {**_config(data, tmp_path), "eval_index": "ivf", "eval_index_nlist": 2, "eval_fd_dim": 8}
     one = _catalogue(Config(model="GenLMM", dataset="gtiny", config_dict={**settings, "cache_dir": str(tmp_path / "one")}))
-    _ranks(_catalogue_rank, {**settings, "cache_dir": str(tmp_path / "two")}, _free_port(), str(tmp_path))
+    _ranks(_catalogue_rank, {**settings, "cache_dir": str(tmp_path / "two")}, free_port(), str(tmp_path))
     zero, other = (torch.load(tmp_path / f"catalogue{r}.pt", weights_only=False) for r in (0, 1))
     assert zero["encoded"] + other["encoded"] == one["items"] and abs(zero["encoded"] - other["encoded"]) <= 1
     assert len(list((tmp_path / "two").rglob("faiss-index/index-*.pt"))) == 1  # rank 0 built it, rank 1 read it

@@ -2,6 +2,7 @@
 dataset folder once per session, the tiny-model config, and GenLMM models built through the public path
 (Config -> dataset with images -> GenLMM -> prepare_artifacts), whose small VQ trains once per session.
 (No tests here; imported by tests/test_genlmm_*.py.)"""
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -135,3 +136,10 @@ def recbole_config(data_path, **overrides):
     )
     config.update(overrides)
     return config
+
+
+def free_port():
+    """A TCP port nobody listens on now: a process group's rendezvous for multi-process tests."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])

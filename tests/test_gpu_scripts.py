@@ -2,20 +2,18 @@
 to the code they drive breaks here, not in the few sessions that have a GPU to run them on."""
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from test_genlmm_support import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _script(script, *args, timeout=600):
     """``python benchmarks/scale/<script> args`` in the test's own folder (RecBole writes log folders there)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
-    env = {**os.environ, "MASTER_PORT": port, "OMP_NUM_THREADS": os.environ.get("RECBOLE_GEN_TEST_THREADS", "2")}
+    env = {**os.environ, "MASTER_PORT": free_port(), "OMP_NUM_THREADS": os.environ.get("RECBOLE_GEN_TEST_THREADS", "2")}
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scale" / script), *args], env=env,
                           capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]

@@ -143,10 +143,6 @@ class RolloutTrainer(GenLMMTrainer):
     settings_class = RLSettings
 
     def __init__(self, config, model):
-        if is_distributed(config) and config["dist_strategy"] == "fsdp":
-            raise ValueError("RL runs on DDP (dist_strategy: ddp): its LoRA adapter or full fine-tuning keeps a "
-                             "reference copy and scores rollouts outside a sharded forward; dist_strategy: fsdp is "
-                             "for the SFT stage")
         super().__init__(config, model)
         self.rl = RLSettings.from_config(config)
         if self.rl.rl_oracle_weight and "oracleutility" in [str(m).lower() for m in config["metrics"]]:
@@ -166,6 +162,12 @@ class RolloutTrainer(GenLMMTrainer):
         self.sampler = torch.Generator().manual_seed(self.rl.rl_seed)
         self.rewards = None
         self.last_good_checkpoint = None
+
+    def _shard(self, config, model):
+        if self.sft.dist_strategy == "fsdp" and is_distributed(config):
+            raise ValueError("RL runs on DDP (dist_strategy: ddp): its LoRA adapter or full fine-tuning keeps a "
+                             "reference copy and scores rollouts outside a sharded forward; dist_strategy: fsdp is "
+                             "for the SFT stage")
 
     # ------------------------------------------------------------------ setup
     def build_rewards(self, train_data):
