@@ -81,7 +81,7 @@ def test_the_rl_row_uses_the_second_stage_sweep_winner(name):
 
 
 def test_an_extended_sweep_reruns_only_its_new_steps():
-    from recbole_gen.comparison.sweep import extends, run_sweep
+    from recbole_gen.comparison.sweep import extends, run_sweep, swept_keys
 
     ran = []
 
@@ -98,3 +98,9 @@ def test_an_extended_sweep_reruns_only_its_new_steps():
     ran.clear()
     again, winner = run_sweep(longer, run, score, done=trials)
     assert ran == [{"a": 5, "b": 3}] and again[:3] == trials and winner == {"a": 5, "b": 3}
+    # a key stepped twice: `then` as a list of one-key mappings, which extends the mapping form it starts with
+    twice = {"grid": {"a": [1, 2]}, "then": [{"b": [3]}, {"a": [5]}, {"b": [7]}]}
+    assert extends(twice, longer) and swept_keys(twice) == ["a", "b"]
+    ran.clear()
+    third, winner = run_sweep(twice, run, score, done=again)
+    assert ran == [{"a": 5, "b": 7}] and third[:4] == again and winner == {"a": 5, "b": 7}

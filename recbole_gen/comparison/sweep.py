@@ -1,7 +1,8 @@
 """Small validation sweeps over a benchmark row's settings (benchmarks/baselines/, benchmarks/rl/).
 
 A sweep is every combination of a ``grid``, then each value of ``then`` on top of the best point so far (a key
-naming several parameters, "a b", sets each to the value). A trial is the row of the benchmark preset with one point,
+naming several parameters, "a b", sets each to the value; ``then`` is a mapping, or a list of one-key mappings when
+a key is stepped more than once). A trial is the row of the benchmark preset with one point,
 trained as ``run_recbole`` trains it and validated, never tested: only the main job tests, with the winners.
 """
 import itertools
@@ -28,8 +29,15 @@ def grid_points(grid):
     return [point(list(grid), values) for values in itertools.product(*grid.values())]
 
 
+def then_steps(spec):
+    """``then`` as ``(key, values)`` steps in order, from a mapping or a list of one-key mappings."""
+    then = spec.get("then") or {}
+    return list(then.items()) if isinstance(then, dict) else [step for entry in then for step in entry.items()]
+
+
 def swept_keys(spec):
-    return [name for key in [*spec["grid"], *spec.get("then", {})] for name in key.split()]
+    keys = [*spec["grid"], *(key for key, _ in then_steps(spec))]
+    return list(dict.fromkeys(name for key in keys for name in key.split()))
 
 
 def validate(model, dataset, config_dict, swept):
@@ -69,7 +77,7 @@ def run_sweep(spec, run, score, done=()):
 
     for params in grid_points(spec["grid"]):
         trials.append(trial(params))
-    for key, values in spec.get("then", {}).items():
+    for key, values in then_steps(spec):
         best = max(trials, key=score)["params"]
         for value in values:
             trials.append(trial({**best, **point([key], [value])}))
@@ -78,5 +86,5 @@ def run_sweep(spec, run, score, done=()):
 
 def extends(spec, earlier):
     """Whether ``spec`` runs ``earlier``'s trials first: the same grid, and ``earlier``'s ``then`` steps first."""
-    then, before = list(spec.get("then", {}).items()), list(earlier.get("then", {}).items())
+    then, before = then_steps(spec), then_steps(earlier)
     return spec["grid"] == earlier["grid"] and then[:len(before)] == before
