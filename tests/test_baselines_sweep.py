@@ -1,5 +1,5 @@
-"""The default preset trains every ranker (benchmarks/baselines/) and the RL row (benchmarks/rl/) with its sweep's winner,
-the rankers by one rule, and a sweep trial trains exactly as the main job's row."""
+"""The presets train every ranker (benchmarks/baselines/) and the RL row (benchmarks/rl/, full preset) with its sweep's
+winner, the rankers by one rule, and a sweep trial trains exactly as the main job's row."""
 import json
 from pathlib import Path
 
@@ -72,9 +72,8 @@ def test_a_sweep_trial_trains_as_the_main_job_row_whatever_validates_it(tmp_path
     assert {k: row["best_valid_result"][k] for k in trial["valid"]} == pytest.approx(trial["valid"], abs=1e-12)
 
 
-@pytest.mark.parametrize("name", ["default", "full"])
-def test_the_rl_row_uses_the_second_stage_sweep_winner(name):
-    sweep, preset = json.loads(RL_SWEEP.read_text()), load_preset(name)
+def test_the_rl_row_uses_the_second_stage_sweep_winner():
+    sweep, preset = json.loads(RL_SWEEP.read_text()), load_preset("full")
     row = preset["rows"][sweep["row"]]
     assert {key: row.get(key) for key in sweep["winner"]} == sweep["winner"]
     assert sweep["winner"] in [trial["params"] for trial in sweep["trials"]]

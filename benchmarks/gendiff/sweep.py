@@ -5,7 +5,7 @@
     python benchmarks/gendiff/sweep.py --list
 
 Each *design* is GenDiff's defaults (properties/model/GenDiff.yaml) plus its overrides, trained for ``--minutes``
-with the main job's settings (properties/benchmark/default.yaml: 1,000 users, seed 2026, 2 images per user,
+with the main job's data and the full preset's settings (properties/benchmark/full.yaml: 1,000 users, seed 2026, 2 images per user,
 MAX_ITEM_LIST_LENGTH 20), then validated at each guidance scale (sampling only, no retraining). One JSON per
 design: steps, loss per epoch, and the validation metrics per guidance scale, with the load average.
 ``no-class-embedding`` designs build the tiny UNet without its mean-history class embedding (an ablation only).
@@ -74,7 +74,7 @@ def main():
     from recbole_gen.quick_start import build_model, build_trainer
     from recbole_gen.utils import properties_dir
 
-    preset = yaml.safe_load((properties_dir() / "benchmark" / "default.yaml").read_text())
+    preset = yaml.safe_load((properties_dir() / "benchmark" / "full.yaml").read_text())
     base = {**preset["config"], "show_progress": False, "eval_step": 0, "log_every_steps": 100,
             "log_dir": "/tmp/gendiff-sweep/log", "checkpoint_dir": "/tmp/gendiff-sweep/saved",
             "metrics": ["Hit", "NDCG", "TargetSim", "HistorySim", "Novelty", "OracleUtility"]}

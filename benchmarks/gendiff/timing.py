@@ -37,7 +37,7 @@ def main():
     from recbole_gen.quick_start import build_model
     from recbole_gen.utils import properties_dir
 
-    preset = yaml.safe_load((properties_dir() / "benchmark" / "default.yaml").read_text())
+    preset = yaml.safe_load((properties_dir() / "benchmark" / "full.yaml").read_text())
     base = {**preset["config"], "show_progress": False}
     config = Config(model="GenDiff", dataset=preset["dataset"], config_dict=base)
     train_data, valid_data, _ = data_preparation(config, create_dataset(config, images=True))

@@ -5,7 +5,7 @@ here: the default is chosen on these numbers and the main job reports test once.
         [--teacher results/<main job>/saved/SASRec-....pth]
     python benchmarks/genlmm/sweep.py --list
 
-Each *design* trains once with the main job's settings (properties/benchmark/default.yaml: 1,000 users, seed 2026,
+Each *design* trains once with the full preset's settings (properties/benchmark/full.yaml: 1,000 users, seed 2026,
 the GenLMM-SFT row's 4-minute budget) plus its overrides, then is validated under each *sampling* setting
 (generation only; no retraining), by its images (gen_rank_by: images) and, with a plan head, by the plan alone
 (gen_rank_by: plan); designs listed in --shuffled are also validated with every user's history swapped for
@@ -50,7 +50,7 @@ SAMPLING = {
 }
 
 
-def shared_config(preset="default"):
+def shared_config(preset="full"):
     from recbole_gen.comparison import load_preset
 
     preset = load_preset(preset)

@@ -1,6 +1,6 @@
 """The second stage's sweep: group size, KL coefficient, learning rate and inner epochs of GRPO on validation.
 
-A trial is the GenLMM-RL row of the default preset (properties/benchmark/default.yaml: dataset, split, seed, SFT
+A trial is the GenLMM-RL row of the full preset (properties/benchmark/full.yaml: dataset, split, seed, SFT
 start, reward recommender, rewards, steps) with one point of grid.yaml, started from a finished main job's SFT and
 SASRec checkpoints and validated, never tested. The SFT checkpoint itself is validated first: the winner is the trial
 with the best validation OracleUtility among those that keep the issue's other targets against SFT on validation
@@ -45,7 +45,7 @@ def main(argv=None):
     parser.add_argument("--out", default=str(HERE), help="folder for sweep.json and sweep.md")
     args = parser.parse_args(argv)
     spec = yaml.safe_load((HERE / "grid.yaml").read_text())[ROW]
-    preset = load_preset("default")
+    preset = load_preset("full")
 
     def checkpoint(value):
         """'@Row' -> that row's checkpoint, in the results folder's saved/ (the runner's checkpoint_dir)."""
