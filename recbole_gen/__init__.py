@@ -7,6 +7,8 @@ import os
 
 # idle OpenMP threads sleep instead of spinning, so a run beside another process slows down 1.5x, not 2.7x
 # (benchmarks/threads/results.json); set OMP_WAIT_POLICY yourself to choose otherwise. Read when torch loads.
+# The benchmark runner, whose rows run alone, spins unless the environment chose (comparison/runner.py).
+OMP_WAIT_POLICY_FROM_ENVIRONMENT = os.environ.get("OMP_WAIT_POLICY")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from recbole_gen import compat  # noqa: E402

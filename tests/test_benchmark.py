@@ -103,3 +103,24 @@ def test_a_row_result_larger_than_the_pipe_buffer_comes_back():
     exits would wait forever (the main job hung on its first row this way)."""
     status, payload = run_in_process(_large_message, 200_000)  # 1.6 MB
     assert status == "ok" and len(payload) == 200_000 and payload[-1] == 199_999
+
+
+def _wait_policy(queue, parent_pid):
+    import os
+
+    queue.put(("ok", os.environ.get("OMP_WAIT_POLICY")))
+
+
+def test_rows_spin_unless_the_environment_chose_a_wait_policy(monkeypatch):
+    """A row runs alone, where OpenMP's passive waiting (the package's default for shared machines) triples the
+    bootstrap's eigensolver time; a policy the user set wins, and the benchmark's own environment is left as found."""
+    import os
+
+    import recbole_gen
+
+    before = os.environ.get("OMP_WAIT_POLICY")
+    monkeypatch.setattr(recbole_gen, "OMP_WAIT_POLICY_FROM_ENVIRONMENT", None)
+    assert run_in_process(_wait_policy) == ("ok", "ACTIVE")
+    monkeypatch.setattr(recbole_gen, "OMP_WAIT_POLICY_FROM_ENVIRONMENT", "PASSIVE")
+    assert run_in_process(_wait_policy) == ("ok", "PASSIVE")
+    assert os.environ.get("OMP_WAIT_POLICY") == before

@@ -9,6 +9,7 @@ resamples), so an interrupted benchmark loses at most the row in flight and a ch
 GenLMM-SFT, rewarded by the SASRec row); ``reference: true`` marks a row that is not a competitor
 (a bound such as a redraw of the true next item): the report shows it apart.
 """
+import contextlib
 import json
 import multiprocessing
 import os
@@ -22,6 +23,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
+import recbole_gen
 from recbole_gen.files import atomic_write, atomic_write_bytes, digest
 from recbole_gen.utils import UnknownModelError, get_model, properties_dir
 
@@ -123,13 +125,31 @@ def _plain(value):
     return value
 
 
+@contextlib.contextmanager
+def spinning_openmp():
+    """While open, spawned processes get ``OMP_WAIT_POLICY=ACTIVE`` (OpenMP's own default) unless the user's
+    environment named a policy. Rows run one at a time, alone on the machine, where the package's passive default
+    (for runs that share the CPU, recbole_gen/__init__.py) costs a ranker ~20% per epoch and the bootstrap's
+    eigensolver 3x (measured in docs/reliability.md)."""
+    previous = os.environ.get("OMP_WAIT_POLICY")
+    os.environ["OMP_WAIT_POLICY"] = recbole_gen.OMP_WAIT_POLICY_FROM_ENVIRONMENT or "ACTIVE"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["OMP_WAIT_POLICY"]
+        else:
+            os.environ["OMP_WAIT_POLICY"] = previous
+
+
 def run_in_process(target, *args):
-    """``target(*args, queue, parent_pid)`` in a spawned process; returns the message it put on ``queue``, or None
-    if it died without one."""
+    """``target(*args, queue, parent_pid)`` in a spawned process (:func:`spinning_openmp`); returns the message it
+    put on ``queue``, or None if it died without one."""
     context = multiprocessing.get_context("spawn")
     queue = context.SimpleQueue()
     process = context.Process(target=target, args=(*args, queue, os.getpid()))
-    process.start()
+    with spinning_openmp():
+        process.start()
     try:
         # read the message while the process still runs: one larger than the pipe's buffer (a row's bootstrap
         # draws) blocks the process until it is read, so joining first would wait forever
