@@ -1,12 +1,14 @@
 """The benchmark runner on the tiny preset: every output, every column with its interval, reference rows apart,
 resume, early failures."""
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import recbole_gen
 from recbole_gen.comparison import BenchmarkError, load_preset, plan_rows, run_benchmark
 from recbole_gen.comparison.runner import run_in_process
 from recbole_gen.cli import main
@@ -106,18 +108,12 @@ def test_a_row_result_larger_than_the_pipe_buffer_comes_back():
 
 
 def _wait_policy(queue, parent_pid):
-    import os
-
     queue.put(("ok", os.environ.get("OMP_WAIT_POLICY")))
 
 
 def test_rows_spin_unless_the_environment_chose_a_wait_policy(monkeypatch):
     """A row runs alone, where OpenMP's passive waiting (the package's default for shared machines) triples the
     bootstrap's eigensolver time; a policy the user set wins, and the benchmark's own environment is left as found."""
-    import os
-
-    import recbole_gen
-
     before = os.environ.get("OMP_WAIT_POLICY")
     monkeypatch.setattr(recbole_gen, "OMP_WAIT_POLICY_FROM_ENVIRONMENT", None)
     assert run_in_process(_wait_policy) == ("ok", "ACTIVE")
