@@ -53,6 +53,14 @@ class Config(RecBoleConfig):
         self._warn_unknown_keys()
         return final
 
+    def _set_default_parameters(self):
+        """RecBole 1.2.1 refuses ``repeatable: False`` for sequential models, since its sequential evaluation cannot
+        mask a user's past items; recbole-gen's can (:mod:`recbole_gen.data.dataloader`), so the value stands."""
+        repeatable = self.final_config_dict["repeatable"]
+        self.final_config_dict["repeatable"] = True
+        super()._set_default_parameters()
+        self.final_config_dict["repeatable"] = repeatable
+
     def _get_model_and_dataset(self, model, dataset):
         if isinstance(model, str):
             model = get_model(model)

@@ -11,13 +11,12 @@ import time
 from logging import getLogger
 
 import torch.distributed as dist
-from recbole.data import data_preparation
 from recbole.data.transform import construct_transform
 from recbole.utils import get_environment, get_flops, init_seed, set_color
 
 from recbole_gen.checkpoint import checkpoint_config, load_checkpoint, restore_model
 from recbole_gen.config import Config
-from recbole_gen.data import create_dataset, ensure_dataset_files
+from recbole_gen.data import create_dataset, data_preparation, ensure_dataset_files
 from recbole_gen.evaluator import wants_image_metrics
 from recbole_gen.evaluator.intervals import user_values
 from recbole_gen.model.generative import GenerativeRecommender
@@ -119,6 +118,7 @@ def run_recbole(model=None, dataset=None, config_file_list=None, config_dict=Non
         "test_result": test_result,
         "model_file": trainer.saved_model_file if saved else None,
         "epochs": len(trainer.train_loss_dict),
+        "train_steps": optimizer_steps(trainer, train_data),
         "train_seconds": trained - started,
         "train_throughput": getattr(trainer, "throughput", {}),  # generative trainers: rows and tokens per second
         "test_seconds": tested - trained,
@@ -130,6 +130,13 @@ def run_recbole(model=None, dataset=None, config_file_list=None, config_dict=Non
     if config["local_rank"] == 0 and queue is not None:
         queue.put(result)
     return result
+
+
+def optimizer_steps(trainer, train_data):
+    """The optimizer steps a fit took: recbole-gen's trainers count them (``optimizer_steps``); RecBole's step once
+    per training batch of every epoch."""
+    steps = getattr(trainer, "optimizer_steps", None)
+    return steps if steps is not None else len(trainer.train_loss_dict) * len(train_data)
 
 
 def build_model(config, dataset):

@@ -26,6 +26,7 @@ PLUGIN_MODELS = {
     "GenLMM": "recbole_gen.model.genlmm",
     "ImageKNN": "recbole_gen.model.image_knn",
     "LastItem": "recbole_gen.model.last_item",
+    "CategoryPop": "recbole_gen.model.category_pop",
     "GenDiff": "recbole_gen.model.gendiff",
     "TokenizerReconstruction": "recbole_gen.model.reconstruction",
 }

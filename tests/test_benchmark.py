@@ -1,5 +1,5 @@
-"""The benchmark runner on the tiny preset: every output, every column with its interval, reference rows apart,
-resume, early failures."""
+"""The benchmark runner on the tiny preset: every output, every column with its interval, the headline and its reading,
+blocks and reference rows apart, slices of test users, resume, early failures."""
 import json
 import os
 from pathlib import Path
@@ -21,7 +21,7 @@ def tiny_run(emoji_seq_small, tmp_path_factory):
     return out
 
 
-ROWS = ["Pop", "SASRec", "ImageKNN", "LastItem"]
+ROWS = ["Pop", "SASRec", "ImageKNN", "LastItem", "Copy"]
 
 
 def test_outputs_and_columns(tiny_run):
@@ -31,25 +31,34 @@ def test_outputs_and_columns(tiny_run):
     info = json.loads((tiny_run / "results.json").read_text())
     assert [row["row"] for row in info["table"]] == ROWS
     for row in info["table"]:
-        assert {"hit@10", "ndcg@10", "targetsim", "novelty", "imagecoverage", "fd"} == set(row["metrics"])
+        assert {"hit@2", "hit@10", "ndcg@2", "ndcg@10", "targetsim", "novelty", "imagecoverage", "repeatrate", "fd",
+                *(f"{m}|{s}" for s in ("cold", "tail", "head") for m in ("hit@10", "targetsim"))} == set(row["metrics"])
         hit, targetsim = row["metrics"]["hit@10"], row["metrics"]["targetsim"]
         assert 0 <= hit["value"] <= 1 and -1 <= targetsim["value"] <= 1 and row["peak_rss_mb"] > 0
         for cell in row["metrics"].values():  # every metric has an interval around its value
             low, high = cell["interval"]
             assert low <= cell["value"] + 1e-9 and cell["value"] <= high + 1e-9
-        assert row["test_users"] == info["table"][0]["test_users"] > 250 and row["epochs"] >= 1
+        assert row["test_users"] == info["table"][0]["test_users"] > 250 and row["epochs"] >= 1 and row["train_steps"] >= 1
+        # a ranker never shows what its user took (emoji-seq: repeatable False); a copy of the last item always does
+        assert row["metrics"]["repeatrate"]["value"] == (1 if row["row"] in ("LastItem", "Copy") else 0)
     assert info["versions"]["recbole"] == "1.2.1" and info["seed"] == 2026
+    slices = info["table"][0]["slice_users"]  # tail (fewer than 5, cold included) and head split the test users
+    assert slices["tail"] + slices["head"] == info["table"][0]["test_users"] and 0 < slices["cold"] < slices["tail"]
     table = (tiny_run / "results.md").read_text()
-    assert "| model | Hit@10 ↑ | NDCG@10 ↑ | TargetSim ↑ | Novelty ↑ | ImageCoverage ↑ | FD ↓ | epochs | train | test |" in table
+    assert ("| model | Hit@2 ↑ | Hit@10 ↑ | NDCG@2 ↑ | NDCG@10 ↑ | TargetSim ↑ | Novelty ↑ | ImageCoverage ↑ | RepeatRate ↓ | "
+            "FD ↓ | epochs | steps | train | test |") in table
+    assert "| model | Hit@10 ↑ | Hit@2 ↑ | TargetSim ↑ | epochs | steps | train |" in table  # the headline
+    assert "| *Rankers* |" in table and "| *Generators* |" in table and "- **LastItem**: " in table
     assert f"Test users: {info['table'][0]['test_users']}" in table and "![" in table and "Hit@10: the true next item is in the top 10" in table
-    competitors, references = table.split("## References")
-    assert "| ImageKNN | " in competitors and "| LastItem |" not in competitors and "| LastItem | " in references
+    assert f"cold ({slices['cold']} users): Hit@10 ↑" in table
+    competitors, references = table.split("## Slices")[0], table.split("## References")[1]
+    assert "| ImageKNN | " in competitors and "| Copy |" not in competitors and "| Copy | " in references
     assert table.count("**") >= 2 * 6  # each column has its best row in bold
 
 
 def test_reference_rows_are_never_the_best(tiny_run):
     info = json.loads((tiny_run / "results.json").read_text())
-    reference = next(row for row in info["table"] if row["row"] == "LastItem")
+    reference = next(row for row in info["table"] if row["row"] == "Copy")
     assert reference["reference"] and not any(cell["best"] or cell["significant"] is not None
                                               for cell in reference["metrics"].values())
     with open(tiny_run / "results.csv") as f:
@@ -69,7 +78,7 @@ def test_gallery_has_every_tile(tiny_run):
         image.load()
         assert image.size[0] > 64 and image.size[1] > 64
     page = (tiny_run / "gallery.html").read_text()
-    assert page.count("<img src=\"gallery/") == gallery["tiles"] and "results.png" in page and "LastItem (reference)" in page
+    assert page.count("<img src=\"gallery/") == gallery["tiles"] and "results.png" in page and "Copy (reference)" in page
 
 
 def test_resume_skips_finished_rows(tiny_run, emoji_seq_small):

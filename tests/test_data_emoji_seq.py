@@ -14,7 +14,7 @@ from recbole_gen.cli import main as recbole_gen_main, run_recbole_main
 from recbole_gen.config import Config
 from recbole_gen.data import ItemImageStore, build_dataset, create_dataset
 from recbole_gen.data.emoji_seq import EmojiResourceError, EmojiSeqTruth, parse_emoji_test
-from recbole_gen.data.simulator import load_simulator
+from recbole_gen.data.judge import load_judge
 
 USERS = 300
 N_EMOJI = 3655
@@ -166,16 +166,25 @@ def test_oracle_utility_prefers_the_true_next_item(emoji_seq_small):
         truth.utility(user, len(truth.sequence(user)) + 1, 0)
 
 
-def test_simulator_over_recbole_ids(emoji_seq_small):
+def test_the_judge_file_holds_the_simulators_utilities_over_recbole_ids(emoji_seq_small):
     config = config_for(emoji_seq_small)
     dataset = create_dataset(config)
-    simulator = load_simulator(config, dataset)
+    truth = EmojiSeqTruth.load(emoji_seq_small / "emoji-seq")
+    judge = load_judge(config, dataset)
     users = torch.arange(1, 6)
+    tokens = dataset.id2token(dataset.uid_field, users.numpy())
+    positions = torch.tensor([len(truth.sequence(u)) - 1 for u in tokens])
     items = torch.randint(1, dataset.item_num, (5, 4))
     items[:, 0] = 0
-    utility = simulator.utility(users, items)
+    utility = judge.utility(users, items, positions)
     assert utility.shape == (5, 4) and torch.isnan(utility[:, 0]).all()
-    assert ((utility[:, 1:] >= 0) & (utility[:, 1:] <= 1)).all()
+    expected = [[truth.utility(u, int(p), truth.item_subgroup(dataset.id2token(dataset.iid_field, int(i))))
+                 for i in row[1:]] for u, p, row in zip(tokens, positions, items)]
+    assert torch.allclose(utility[:, 1:], torch.tensor(expected, dtype=torch.float32), atol=1e-6)
+    # an item the user already took is worth the judge's repeat utility: 0 (no simulated user takes one twice)
+    consumed = torch.zeros(5, 2, dtype=torch.long)
+    consumed[:, 0] = items[:, 1]
+    assert (judge.utility(users, items, positions, consumed)[:, 1] == 0).all()
 
 
 def test_missing_font_or_emoji_list_says_what_to_install(tmp_path):

@@ -56,14 +56,15 @@ def test_novelty_of_new_image_and_nan_cases():
 def test_sample_mask_and_judge():
     samples = unit([1, 0], [0, 1], [1, 1]).unsqueeze(0)
     mask = torch.tensor([[True, False, True]])
-    judge = lambda users, emb, nearest: (nearest == 1).float()  # noqa: E731  likes item 1 only
+    judge = lambda users, emb, nearest, positions, consumed: (nearest == 1).float()  # noqa: E731  likes item 1 only
     out = image_metrics(samples, torch.tensor([1]), None, None, CAT, sample_mask=mask,
-                        user_ids=torch.tensor([7]), judge=judge)
+                        user_ids=torch.tensor([7]), judge=judge, consumed_ids=torch.tensor([[3, 0]]))
     assert out["target_sim"].item() == pytest.approx((1 + S) / 2)
     assert out["target_sim_best"].item() == pytest.approx(1.0)
     assert out["diversity"].item() == pytest.approx(1 - S)
     assert out["oracle_utility"].item() == pytest.approx(0.5)
     assert out["nearest"].tolist() == [[1, -1, 3]]
+    assert out["repeat_rate"].item() == pytest.approx(0.5)  # the third image's nearest item (3) was consumed
     assert coverage(out["nearest"], 4) == pytest.approx(0.5)
 
 
@@ -139,6 +140,23 @@ def test_catalogue_scores_max_mean_and_padding():
     top_scores, top_ids = catalogue_topk(samples, index, 3)
     assert set(top_ids[0, :2].tolist()) == {1, 2} and top_ids[0, 2].item() == 3
     assert top_scores[0].tolist() == pytest.approx([1, 1, S])
+
+
+def test_interleave_shows_every_images_nearest_item_before_anyones_second_and_drops_excluded_items():
+    # image A copies item 1, whose neighbour item 2 is closer to A (0.93) than image B's nearest item 4 is to B (0.74)
+    catalogue = torch.cat([torch.zeros(1, 4), unit([1, 0, 0, 0], [1, 0.4, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1])])
+    index = CatalogueIndex(catalogue)
+    samples = unit([1, 0, 0, 0], [0, 0, 0.9, 1]).unsqueeze(0)
+    order = lambda scores: torch.argsort(scores[0], descending=True)[:4].tolist()  # noqa: E731
+    assert order(catalogue_scores(samples, index, reduce="max")) == [1, 2, 4, 3]
+    assert order(catalogue_scores(samples, index, reduce="interleave")) == [1, 4, 2, 3]  # top 2: each image's nearest
+    excluded = catalogue_scores(samples, index, exclude=torch.tensor([[1, 0]]))  # item 1 consumed: A shows item 2
+    assert torch.isneginf(excluded[0, 1]) and order(excluded)[:3] == [2, 4, 3]
+    for reduce in ("interleave", "max"):
+        for exclude in (None, torch.tensor([[1, 0]]), torch.tensor([[4, 2]])):
+            dense = catalogue_scores(samples, index, reduce=reduce, exclude=exclude)
+            _, top = catalogue_topk(samples, index, 2, reduce=reduce, exclude=exclude)
+            assert top[0].tolist() == torch.argsort(dense[0], descending=True)[:2].tolist(), (reduce, exclude)
 
 
 def test_wrong_dimensions_and_empty_catalogue_errors():

@@ -74,7 +74,7 @@ def main():
 
     from recbole_gen.quick_start import build_trainer, load_data_and_model
     from recbole_gen.retrieval.catalogue import ImageCatalogue
-    from recbole_gen.trainer.recommender import load_recommender
+    from recbole_gen.model.frozen import load_recommender
 
     started, load = time.time(), os.getloadavg()[0]
     config, model, dataset, train_data, valid_data, _ = load_data_and_model(args.model_file)

@@ -1,7 +1,8 @@
-"""gallery.png and gallery.html: for a seeded sample of test users, the history strip, the true
-next item, each generator's samples and each ranker's top-1 item, with each tile's cosine to the
-true next item under the evaluation encoder written under it. The page opens with the metrics plot
-(results.png) and links the table."""
+"""gallery.png and gallery.html: for a seeded sample of test users, the history strip, the true next item, and what
+each row shows the user: a generator's images (a drawn twin's: its ranker's top items redrawn) and a ranker's top
+items' catalogue images (GenLMM's plan head, ``gen_rank_by: plan``, is a ranker here too), consumed items left out
+under ``repeatable: False`` as in the evaluation; each tile's cosine to the true next item under the evaluation
+encoder is written under it. The page opens with the metrics plot (results.png) and links the table."""
 import html
 import json
 from pathlib import Path
@@ -10,6 +11,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from recbole_gen.data import CONSUMED
 from recbole_gen.model.generative import GenerativeRecommender
 
 HISTORY_SHOWN = 5
@@ -24,13 +26,18 @@ def pick_users(test_dataset, n, seed):
     return np.sort(rng.choice(count, size=min(n, count), replace=False))
 
 
-def _images_for_row(model, interaction, n_samples, seed, store):
-    """[U, k, 3, S, S] pixels: a generator's samples, or a ranker's top-1 catalogue item."""
-    if isinstance(model, GenerativeRecommender):
-        return model.generate_images(interaction, num_samples=n_samples, seed=seed).pixels
+def _images_for_row(model, config, interaction, exclude, n_samples, seed, store):
+    """[U, n, 3, S, S] pixels: a generator's samples, or a ranker's top-n catalogue items (``exclude``: items the
+    users may not be shown, or None)."""
+    if isinstance(model, GenerativeRecommender) and config["gen_rank_by"] != "plan":
+        return model.generate_images(interaction, num_samples=n_samples, seed=seed, exclude=exclude).pixels
     scores = model.full_sort_predict(interaction).detach().cpu().reshape(len(interaction), -1)
     scores[:, 0] = -torch.inf
-    return store.pixels(scores.argmax(dim=1)).unsqueeze(1)
+    if exclude is not None:
+        scores.scatter_(1, exclude.cpu(), -torch.inf)
+    top = scores.topk(n_samples, dim=1).indices
+    pixels = store.pixels(top.flatten())
+    return pixels.view(*top.shape, *pixels.shape[1:])
 
 
 def collect_gallery(rows, n_users, n_samples, seed):
@@ -54,7 +61,8 @@ def collect_gallery(rows, n_users, n_samples, seed):
             store = dataset.image_store
             catalogue = ImageCatalogue.from_config(config, store)
             picked = pick_users(test_data._dataset, n_users, seed)
-            interaction = test_data._dataset.inter_feat[torch.as_tensor(picked)]
+            interaction = test_data.collate_fn(picked)[0]  # the evaluation's batch: consumed items included
+            exclude = None if config["repeatable"] else interaction[CONSUMED]
             target_ids = interaction[config["ITEM_ID_FIELD"]]
             target_emb = catalogue.encode(store.pixels(target_ids))
             seq, lengths = interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN]
@@ -64,7 +72,7 @@ def collect_gallery(rows, n_users, n_samples, seed):
                 "target": store.pixels(target_ids[i:i + 1])[0],
             } for i in range(len(picked))]
         with torch.no_grad():
-            images = _images_for_row(model, interaction.to(config["device"]), n_samples, seed, store).cpu()
+            images = _images_for_row(model, config, interaction.to(config["device"]), exclude, n_samples, seed, store).cpu()
         emb = catalogue.encode(images.flatten(0, 1)).reshape(images.shape[0], images.shape[1], -1)
         tiles[row["row"]] = list(zip(images, (emb * target_emb.unsqueeze(1)).sum(-1).tolist()))
     columns = [row["row"] for row in rows]

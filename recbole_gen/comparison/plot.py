@@ -1,10 +1,12 @@
-"""results.png: the preset's main metrics (``plot_metrics``) for every row with their intervals, one panel per
-metric, competitors above and reference rows (hollow, grey) below a dashed line; the best competitor is dark."""
+"""results.png: the preset's main metrics (``plot_metrics``, slices of test users included, e.g. ``hit@10|cold``) for
+every row with their intervals, one panel per metric (:data:`PER_ROW` a row of panels), competitors above and
+reference rows (hollow, grey) below a dashed line; the best competitor is dark."""
 from pathlib import Path
 
 from recbole_gen.comparison.report import arrow, display_name
 
 BEST, OTHER, REFERENCE = "#1f4e79", "#7da7d9", "#8c8c8c"
+PER_ROW = 4
 
 
 def write_plot(out, preset, dataset, table):
@@ -17,11 +19,15 @@ def write_plot(out, preset, dataset, table):
     metrics = [m for m in preset["plot_metrics"] if any(entry["metrics"].get(m, {}).get("value") is not None
                                                         for entry in table)]
     ordered = [entry for entry in table if not entry["reference"]] + [entry for entry in table if entry["reference"]]
-    figure, axes = plt.subplots(1, max(1, len(metrics)), sharey=True, squeeze=False,
-                                figsize=(2.8 * max(1, len(metrics)) + 1.4, 0.34 * len(ordered) + 1.3))
+    columns = min(PER_ROW, max(1, len(metrics)))
+    lines = -(-max(1, len(metrics)) // columns)
+    figure, axes = plt.subplots(lines, columns, sharey=True, squeeze=False,
+                                figsize=(2.8 * columns + 1.4, lines * (0.34 * len(ordered) + 0.9) + 0.4))
     positions = list(range(len(ordered)))[::-1]
     references = sum(entry["reference"] for entry in ordered)
-    for ax, metric in zip(axes[0], metrics):
+    for ax in axes.flat[len(metrics):]:
+        ax.axis("off")
+    for ax, metric in zip(axes.flat, metrics):
         for y, entry in zip(positions, ordered):
             cell = entry["metrics"].get(metric)
             if cell is None or cell["value"] is None:
@@ -30,13 +36,16 @@ def write_plot(out, preset, dataset, table):
             low, high = cell["interval"] or (cell["value"], cell["value"])
             ax.errorbar(cell["value"], y, xerr=[[cell["value"] - low], [high - cell["value"]]], fmt="o", color=color,
                         markerfacecolor="white" if entry["reference"] else color, capsize=2, markersize=5)
-        ax.set_title(f"{display_name(metric)} {arrow(metric)}", fontsize=10)
+        part = metric.partition("|")[2]
+        size = f", {table[0]['slice_users'][part]:,} users" if part in table[0].get("slice_users", {}) else ""
+        ax.set_title(f"{display_name(metric)} {arrow(metric)}{size}", fontsize=10)
         ax.grid(axis="x", alpha=0.3)
         ax.tick_params(labelsize=8)
         if references:
             ax.axhline(references - 0.5, color=REFERENCE, linestyle="--", linewidth=0.8)
-    axes[0][0].set_yticks(positions, [entry["row"] + (" (ref.)" if entry["reference"] else "") for entry in ordered],
-                          fontsize=9)
+    for line in axes:
+        line[0].set_yticks(positions, [entry["row"] + (" (ref.)" if entry["reference"] else "") for entry in ordered],
+                           fontsize=9)
     users = sorted({entry["test_users"] for entry in table})
     figure.suptitle(f"{dataset}: {', '.join(f'{u:,}' for u in users)} test users, "
                     f"{float(preset['interval_level']):.0%} bootstrap intervals", fontsize=10)

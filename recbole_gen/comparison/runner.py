@@ -6,8 +6,10 @@ row's test users there (:mod:`recbole_gen.comparison.bootstrap`), and is written
 ``rows/<row>.json`` (and its resampled metrics to ``rows/<row>.npz``) when it finishes;
 ``resume=True`` keeps rows already written with the same settings (model, dataset, resolved config,
 resamples), so an interrupted benchmark loses at most the row in flight and a changed row reruns. A row's config may name another row's checkpoint as ``'@Row'`` (GenLMM-RL starts from
-GenLMM-SFT, rewarded by the SASRec row); ``reference: true`` marks a row that is not a competitor
-(a bound such as a redraw of the true next item): the report shows it apart.
+GenLMM-SFT, rewarded by the SASRec row; a drawn twin redraws the SASRec row's top items); ``block`` names the
+part of the table a row belongs to (rankers, generators, drawn twins), and ``reference: true`` marks a row that is
+not a competitor (a bound such as a redraw of the true next item): the report shows it apart. A row's bootstrap
+also resamples the preset's ``slices`` of test users (cold, tail and head targets).
 """
 import contextlib
 import json
@@ -41,6 +43,7 @@ class Row:
     config: dict
     needs: list
     reference: bool
+    block: str
 
 
 def load_preset(preset):
@@ -66,6 +69,7 @@ def plan_rows(preset, models=None):
         config = dict(preset["rows"][name] or {})
         model = config.pop("model", name)
         reference = bool(config.pop("reference", False))
+        block = str(config.pop("block", "references" if reference else "rankers"))
         try:
             get_model(model)
         except UnknownModelError as error:
@@ -74,7 +78,7 @@ def plan_rows(preset, models=None):
         missing = [n for n in needs if n not in names]
         if missing:
             raise BenchmarkError(f"row '{name}' needs row(s) {', '.join(missing)}: add them to --models")
-        rows[name] = Row(name, model, config, needs, reference)
+        rows[name] = Row(name, model, config, needs, reference, block)
     ordered, done = [], set()
     while len(ordered) < len(rows):
         ready = [row for row in rows.values() if row.name not in done and set(row.needs) <= done]
@@ -98,14 +102,19 @@ def _exit_with_parent(parent_pid):
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _row_worker(model, dataset, config_dict, bootstrap_samples, queue, parent_pid):
-    from recbole_gen.comparison.bootstrap import replicates
+def _row_worker(model, dataset, config_dict, bootstrap, queue, parent_pid):
+    from recbole_gen.comparison.bootstrap import replicates, slices
     from recbole_gen.quick_start import run_recbole
 
     _exit_with_parent(parent_pid)
     try:
         result = run_recbole(model, dataset, config_dict=config_dict)
-        draws = replicates(result.pop("test_per_user"), bootstrap_samples, config_dict["seed"])
+        per_user = result.pop("test_per_user")
+        draws = replicates(per_user, bootstrap["samples"], config_dict["seed"])
+        parts = slices(per_user, bootstrap["slices"], bootstrap["slice_metrics"], bootstrap["samples"], config_dict["seed"])
+        for name, part in parts.items():
+            draws["metrics"].update({f"{metric}|{name}": values for metric, values in part.pop("draws").items()})
+        result["slices"] = parts
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         queue.put(("ok", (_plain(result), draws)))
     except BaseException as error:  # reported to the parent, which stops the benchmark
@@ -164,9 +173,9 @@ def run_in_process(target, *args):
     return message if message is not None else (None, process.exitcode)
 
 
-def _run_row(row, dataset, config_dict, bootstrap_samples):
+def _run_row(row, dataset, config_dict, bootstrap):
     """``(result, bootstrap draws)`` of one row, run in its own process."""
-    status, payload = run_in_process(_row_worker, row.model, dataset, config_dict, bootstrap_samples)
+    status, payload = run_in_process(_row_worker, row.model, dataset, config_dict, bootstrap)
     if status is None:
         raise RuntimeError(f"row '{row.name}' died without a result (exit code {payload})")
     if status != "ok":
@@ -214,21 +223,22 @@ def run_benchmark(preset="default", models=None, dataset=None, out=None, resume=
     (out / "rows").mkdir(parents=True, exist_ok=True)
     shared = {**shared, "log_dir": str(out / "logs"), "checkpoint_dir": str(out / "saved")}
     samples = int(preset["bootstrap_samples"])
+    bootstrap = {"samples": samples, "slices": preset.get("slices") or {}, "slice_metrics": preset.get("slice_metrics") or []}
     results, draws = {}, {}
     progress = tqdm(rows, desc="benchmark rows", unit="row")
     for row in progress:
         progress.set_postfix_str(row.name)
         row_file, draws_file = out / "rows" / f"{row.name}.json", out / "rows" / f"{row.name}.npz"
         config_dict = {**shared, **{k: _resolve(v, results) for k, v in row.config.items()}}
-        key = digest({"model": row.model, "dataset": dataset, "config": config_dict, "samples": samples})
+        key = digest({"model": row.model, "dataset": dataset, "config": config_dict, "bootstrap": bootstrap})
         if resume and row_file.is_file() and draws_file.is_file():
             previous = json.loads(row_file.read_text())
             if previous.get("key") == key:
                 results[row.name], draws[row.name] = previous, _read_draws(draws_file)
                 continue
-        result, row_draws = _run_row(row, dataset, config_dict, samples)
+        result, row_draws = _run_row(row, dataset, config_dict, bootstrap)
         results[row.name] = {"row": row.name, "model": row.model, "config": row.config, "reference": row.reference,
-                             "key": key, **result, "bootstrap": {"samples": samples, "seed": config_dict["seed"],
+                             "block": row.block, "key": key, **result, "bootstrap": {"samples": samples, "seed": config_dict["seed"],
                                                                  "users": row_draws["users"]}}
         draws[row.name] = row_draws["metrics"]
         _write_draws(draws_file, draws[row.name])

@@ -10,11 +10,10 @@ import logging
 import os
 import time
 
-from recbole.data import data_preparation
 from recbole.utils import init_seed
 
 from recbole_gen.config import Config
-from recbole_gen.data import create_dataset
+from recbole_gen.data import create_dataset, data_preparation
 from recbole_gen.quick_start import build_model, build_trainer, needs_images
 from recbole_gen.utils import init_logger
 

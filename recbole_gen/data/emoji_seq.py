@@ -22,7 +22,8 @@ Users come from a seeded simulator (all constants in :data:`SIMULATOR`, saved wi
 The ground truth (both taste vectors of every user, every sequence, ``rho``) is saved as
 ``emoji-seq.truth.npz`` next to the atomic files; :class:`EmojiSeqTruth` loads it and gives the
 oracle: the simulator's distribution over subgroups for a user's item at a position, and the
-utility of an image given its subgroup (probabilities).
+utility of an image given its subgroup (probabilities). The same utilities are written as the
+dataset's judge file (``emoji-seq.judge.npz``, :mod:`recbole_gen.data.judge`), which OracleUtility reads.
 """
 import json
 import logging
@@ -34,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from recbole_gen.data.builtin import DatasetNotFoundError, register_dataset
+from recbole_gen.data.judge import JudgeFile
 from recbole_gen.files import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -227,7 +229,11 @@ def simulate(items, n_users, seed, sim=SIMULATOR):
 
 
 def check_built(folder, config):
-    """A warning when the folder on disk was built with other options than ``config`` asks for."""
+    """A warning when the folder on disk was built with other options than ``config`` asks for, or before emoji-seq
+    wrote its judge file."""
+    if not (Path(folder) / f"{NAME}.judge.npz").is_file():
+        return (f"{folder} has no {NAME}.judge.npz (built by an earlier recbole-gen), so OracleUtility is not "
+                f"defined there: rebuild it with `recbole-gen make-dataset {NAME} --force`")
     try:
         built = json.loads((Path(folder) / f"{NAME}.sim.json").read_text())["options"]
     except (OSError, ValueError, KeyError):
@@ -269,6 +275,7 @@ def build_emoji_seq(folder, config):
 
     with open(folder / f"{NAME}.truth.npz", "wb") as f:
         np.savez_compressed(f, **truth)
+    judge_file(EmojiSeqTruth(truth)).save(folder / f"{NAME}.judge.npz")
     meta = {
         "dataset": NAME,
         "options": opts,
@@ -279,6 +286,7 @@ def build_emoji_seq(folder, config):
         "groups": [str(g) for g in truth["groups"]],
         "subgroups": int(len(truth["subgroups"])),
         "truth_file": f"{NAME}.truth.npz (load with recbole_gen.data.emoji_seq.EmojiSeqTruth)",
+        "judge_file": f"{NAME}.judge.npz (OracleUtility's utilities per user, position and subgroup)",
     }
     atomic_write_bytes(folder / f"{NAME}.sim.json", (json.dumps(meta, indent=1) + "\n").encode())
     logger.info(f"built {NAME}: {len(users)} users, {len(items)} items, {len(seq)} interactions "
@@ -385,3 +393,17 @@ class EmojiSeqTruth:
                 raise ValueError(f"subgroup probabilities must have length {len(q)}, got {p.shape}")
             value = float(p @ q) / max(p.sum(), 1e-12)
         return float(value / q.max())
+
+
+def judge_file(truth):
+    """The simulator's utilities as a judge file (:mod:`recbole_gen.data.judge`): for every user and position
+    ``0 .. len`` (the last: the next, unobserved item), each subgroup's :meth:`EmojiSeqTruth.utility`; a repeat is
+    worth 0, since no simulated user takes an item twice."""
+    rows = []
+    for user in truth.users:
+        for position in range(len(truth.sequence(user)) + 1):
+            q = truth.next_subgroup_distribution(user, position)
+            rows.append(q / q.max())
+    lengths = np.diff(truth.offsets) + 1
+    return JudgeFile(field="subgroup", values=np.array(truth.subgroups), users=np.array(truth.users),
+                     offsets=np.r_[0, np.cumsum(lengths)], utility=np.array(rows, dtype=np.float32), repeat_utility=0.0)

@@ -12,7 +12,11 @@ A generator on a large catalogue hands over :class:`~recbole_gen.evaluator.scori
 items from the index search) instead of a ``[users, item_num]`` score matrix; :meth:`ImageCollector.eval_batch_collect`
 then makes RecBole's top-k entries (``rec.items``, ``rec.topk``) from them directly.
 
-General models (Pop) have no ``item_id_list``: the loop puts each user's training items under :data:`HISTORY`.
+Each row's consumed items (the items its user took before the target: :data:`~recbole_gen.data.dataloader.CONSUMED`,
+from recbole-gen's sequential loader, or a general model's training items, which the loop puts there) tell the judge
+which images show a repeat, and their count is the target's position in the user's sequence; without them (a
+RecBole loader) ``item_id_list`` stands in. General models (Pop) have no ``item_id_list``: their history is the
+consumed items.
 The Fréchet statistics are running sums (memory does not grow with the number of batches); with ``eval_fd_per_user``
 each user's FD features are kept as well (``eval_fd_dim`` floats per image), so that FD can be recomputed on resampled
 users. Every evaluated row's user id is kept under :data:`USER`, and the last evaluation's data struct stays
@@ -22,25 +26,32 @@ available as ``last_struct``: :mod:`recbole_gen.evaluator.intervals` turns it in
 import torch
 from recbole.evaluator.collector import Collector
 
+from recbole_gen.data.dataloader import CONSUMED, training_counts
 from recbole_gen.evaluator.distributed import RECBOLE_ROW_KEYS, gather_struct, row_positions
 from recbole_gen.evaluator.functional import FrechetStats, image_metrics
 from recbole_gen.evaluator.metrics import NEED
 from recbole_gen.evaluator.scoring import TopKScores
 
-SAMPLES, SAMPLE_MASK, HISTORY = "gen_sample_emb", "gen_sample_mask", "gen_history"
-USER, POSITION = "eval.user", "eval.position"
+SAMPLES, SAMPLE_MASK = "gen_sample_emb", "gen_sample_mask"
+USER, POSITION, TARGET_COUNT = "eval.user", "eval.position", "eval.target_count"
 PER_USER = ("target_sim", "target_sim_best", "history_sim", "future_sim", "diversity", "novelty", "oracle_utility",
-            "nearest")
-ROW_KEYS = (*RECBOLE_ROW_KEYS, USER, POSITION, "gen.fd_generated", "gen.fd_real", *(f"gen.{k}" for k in PER_USER))
+            "repeat_rate", "nearest")
+ROW_KEYS = (*RECBOLE_ROW_KEYS, USER, POSITION, TARGET_COUNT, "gen.fd_generated", "gen.fd_real", *(f"gen.{k}" for k in PER_USER))
 SUM_KEYS = ("gen.fd_stats",)
 
 
 class ImageCollector(Collector):
     def __init__(self, config):
         super().__init__(config)
-        self.catalogue = self.judge = self.future_by_user = self.last_struct = None
+        self.catalogue = self.judge = self.future_by_user = self.last_struct = self.item_counts = None
         self.eval_rows = self.rows_seen = 0
         self.gathers = False
+
+    def data_collect(self, train_data):
+        """RecBole's, and each item's interactions in the training split: every evaluated row keeps its target's
+        count (:data:`TARGET_COUNT`), which splits the users into cold, tail and head targets."""
+        super().data_collect(train_data)
+        self.item_counts = training_counts(train_data._dataset)
 
     def start_evaluation(self, rows, gather):
         """A new evaluation of ``rows`` rows (the eval loader's ``sample_size``); ``gather``: this rank holds a shard
@@ -61,6 +72,8 @@ class ImageCollector(Collector):
         if uid in interaction:
             self.data_struct.update_tensor(USER, interaction[uid].cpu())
         batch = scores_tensor.shape[0]
+        if self.item_counts is not None:
+            self.data_struct.update_tensor(TARGET_COUNT, self.item_counts[self._targets(batch, positive_u, positive_i)])
         real = torch.ones(batch, dtype=torch.bool)
         if self.gathers:
             positions = row_positions(self.config, self.rows_seen, batch)
@@ -72,7 +85,7 @@ class ImageCollector(Collector):
 
     def get_data_struct(self):
         struct = super().get_data_struct()
-        for key in [k for k in self.data_struct._data_dict if k.startswith("gen.") or k in (USER, POSITION)]:
+        for key in [k for k in self.data_struct._data_dict if k.startswith("gen.") or k in (USER, POSITION, TARGET_COUNT)]:
             del self.data_struct[key]
         if self.gathers:
             struct = gather_struct(struct, ROW_KEYS, SUM_KEYS, POSITION, self.eval_rows)
@@ -108,10 +121,20 @@ class ImageCollector(Collector):
 
     def _history(self, interaction):
         seq_field = self.config["ITEM_ID_FIELD"] + self.config["LIST_SUFFIX"]
-        for field in (seq_field, HISTORY):
+        for field in (seq_field, CONSUMED):
             if field in interaction:
                 return interaction[field].cpu()
         return None
+
+    def _consumed(self, interaction):
+        """Each row's consumed items ``[B, c]`` (0-padded) and the target's position in its user's sequence ``[B]``."""
+        if CONSUMED in interaction:
+            consumed = interaction[CONSUMED].cpu()
+            return consumed, (consumed > 0).sum(1)
+        seq_field = self.config["ITEM_ID_FIELD"] + self.config["LIST_SUFFIX"]
+        if seq_field in interaction:
+            return interaction[seq_field].cpu(), interaction[self.config["ITEM_LIST_LENGTH_FIELD"]].cpu()
+        return None, None
 
     def _future(self, interaction, batch):
         if self.future_by_user is None:
@@ -123,16 +146,25 @@ class ImageCollector(Collector):
             future[row, :len(items)] = torch.tensor(items, dtype=torch.long)
         return future
 
+    @staticmethod
+    def _targets(batch, positive_u, positive_i):
+        """Each row's true next item ``[batch]`` (a sequential row has one positive; a general model's row keeps its
+        last)."""
+        target = torch.zeros(batch, dtype=torch.long)
+        target[positive_u.cpu()] = positive_i.cpu()
+        return target
+
     def _collect_images(self, scores, interaction, positive_u, positive_i, real):
         catalogue, struct = self.catalogue, self.data_struct
         batch = scores.shape[0]
-        target = torch.zeros(batch, dtype=torch.long)
-        target[positive_u.cpu()] = positive_i.cpu()  # one positive per row (sequential next item)
+        target = self._targets(batch, positive_u, positive_i)
         samples, mask = self._samples(scores, interaction)
         uid = self.config["USER_ID_FIELD"]
+        consumed, positions = self._consumed(interaction)
         values = image_metrics(samples, target, self._history(interaction), self._future(interaction, batch),
                                catalogue.embeddings, index=catalogue.index, sample_mask=mask,
-                               user_ids=interaction[uid].cpu() if uid in interaction else None, judge=self.judge)
+                               user_ids=interaction[uid].cpu() if uid in interaction else None, judge=self.judge,
+                               consumed_ids=consumed, positions=positions)
         for key in PER_USER:
             struct.update_tensor(f"gen.{key}", values[key])
         keep = torch.ones(samples.shape[:2], dtype=torch.bool) if mask is None else mask

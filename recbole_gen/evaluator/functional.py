@@ -15,6 +15,8 @@ Per user (``NaN`` where a value is undefined; aggregates skip NaN):
 * ``novelty``: mean over samples of (1 - max cos to any catalogue item);
   0 for an image identical to a catalogue item.                               higher = newer
 * ``nearest``: each sample's nearest catalogue item id (for catalogue coverage).
+* ``repeat_rate``: share of samples whose nearest catalogue item the user already took (consumed);
+  NaN without the consumed items.                                              lower = fewer repeats
 * ``oracle_utility``: mean over samples of a judge's utility (simulated users), NaN without one.
 
 Items without an image (zero embedding) count as undefined: a target without an image gives NaN.
@@ -41,7 +43,7 @@ def _gather(catalogue_emb, ids):
 
 
 def image_metrics(sample_emb, target_ids, history_ids, future_ids, catalogue_emb, index=None,
-                  sample_mask=None, user_ids=None, judge=None):
+                  sample_mask=None, user_ids=None, judge=None, consumed_ids=None, positions=None):
     """Per-user image metrics for one batch.
 
     Args:
@@ -53,12 +55,14 @@ def image_metrics(sample_emb, target_ids, history_ids, future_ids, catalogue_emb
         index: optional :class:`CatalogueIndex` over ``catalogue_emb`` for nearest items / novelty
             (built exactly if absent).
         sample_mask: optional ``BoolTensor[B, n]``, False for samples to ignore.
-        user_ids, judge: optional ``judge(user_ids, sample_emb, nearest_ids) -> FloatTensor[B, n]``
-            utilities of each sample (e.g. :class:`~recbole_gen.evaluator.oracle.KNNOracleJudge`).
+        user_ids, judge: optional ``judge(user_ids, sample_emb, nearest_ids, positions, consumed_ids) ->
+            FloatTensor[B, n]`` utilities of each sample (e.g. :class:`~recbole_gen.evaluator.oracle.KNNOracleJudge`).
+        consumed_ids: ``LongTensor[B, c]`` items each user took before the target, 0-padded, or None.
+        positions: ``LongTensor[B]`` the target's index in the user's sequence (for the judge), or None.
 
     Returns:
         dict of tensors on CPU: ``target_sim, target_sim_best, history_sim, future_sim, diversity,
-        novelty, oracle_utility`` (``FloatTensor[B]``) and ``nearest`` (``LongTensor[B, n]``).
+        novelty, repeat_rate, oracle_utility`` (``FloatTensor[B]``) and ``nearest`` (``LongTensor[B, n]``).
     """
     if sample_emb.dim() != 3:
         raise ValueError(f"sample_emb must be [batch, num_samples, dim], got {tuple(sample_emb.shape)}")
@@ -108,9 +112,15 @@ def image_metrics(sample_emb, target_ids, history_ids, future_ids, catalogue_emb
     novelty = torch.where(novelty < 1e-5, torch.zeros_like(novelty), novelty)  # float32 round-off of cos=1
     out["novelty"] = _nanmean(novelty, smask, 1)
     out["nearest"] = torch.where(smask, nearest, torch.full_like(nearest, -1))
+    if consumed_ids is not None:
+        consumed = consumed_ids.view(batch, -1).cpu()
+        repeat = ((nearest.unsqueeze(2) == consumed.unsqueeze(1)) & (consumed.unsqueeze(1) > 0)).any(2)
+        out["repeat_rate"] = _nanmean(repeat.float(), smask, 1)
+    else:
+        out["repeat_rate"] = torch.full((batch,), float("nan"))
 
     if judge is not None:
-        utility = torch.as_tensor(judge(user_ids, samples, nearest)).float().cpu().view(batch, n)
+        utility = torch.as_tensor(judge(user_ids, samples, nearest, positions, consumed_ids)).float().cpu().view(batch, n)
         out["oracle_utility"] = _nanmean(utility, smask & ~torch.isnan(utility), 1)
     else:
         out["oracle_utility"] = torch.full((batch,), float("nan"))

@@ -8,9 +8,14 @@
   own ``full_sort_predict``, with ``both`` by reciprocal-rank fusion of the two; on a large catalogue (an approximate
   index, ``gen_rank_from``) only each user's top items from the index search reach RecBole's collector, never a
   ``[users, item_num]`` score matrix;
-* hands the images' embeddings (or, for general models, each user's history) to the
-  :class:`~recbole_gen.evaluator.collector.ImageCollector` in the batch's ``Interaction``, so
+* hands the images' embeddings (and, for general models, each user's training items as its consumed items) to
+  the :class:`~recbole_gen.evaluator.collector.ImageCollector` in the batch's ``Interaction``, so
   ``metrics: [Hit, NDCG, TargetSim, FD]`` gives one result dict.
+
+Under ``repeatable: False`` nothing a user already took is ranked (RecBole masks a general model's training items;
+recbole-gen's sequential loader hands a sequential model's consumed items over as ``history_index``, masked here
+for every model, see :mod:`recbole_gen.data.dataloader`), and a generator is asked not to plan them
+(``generate_images(..., exclude=consumed)``).
 
 FutureSim needs the user's later items: ``trainer.set_future_data(test_data)``; the validation phase then
 uses each user's test item(s) as the future (the test phase has none: NaN).
@@ -28,7 +33,8 @@ from logging import getLogger
 import torch
 from recbole.data.interaction import Interaction
 
-from recbole_gen.evaluator.collector import HISTORY, SAMPLES, ImageCollector
+from recbole_gen.data.dataloader import CONSUMED
+from recbole_gen.evaluator.collector import SAMPLES, ImageCollector
 from recbole_gen.evaluator.metrics import wants_image_metrics
 from recbole_gen.evaluator.scoring import TopKScores, catalogue_scores, catalogue_topk, rank_fusion
 from recbole_gen.model.generative import GenerativeRecommender
@@ -103,60 +109,55 @@ class ImageEvaluationMixin:
     def _full_sort_batch_eval(self, batched_data):
         if not self._draws:
             interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)
-            history = self._history(batched_data, len(interaction))
-            if history is not None:
-                interaction.update(Interaction({HISTORY: history}))
+            if CONSUMED not in interaction and batched_data[1] is not None:  # a general model: its training items
+                interaction.update(Interaction({CONSUMED: self._padded(batched_data[1], len(interaction))}))
             return interaction, scores, positive_u, positive_i
         interaction, history_index, positive_u, positive_i = batched_data
         interaction = interaction.to(self.device)
-        pixels = self.model.generate_images(interaction).pixels
+        exclude = interaction[CONSUMED] if history_index is not None else None
+        pixels = self.model.generate_images(interaction, exclude=exclude).pixels
         batch, n = pixels.shape[:2]
         samples = self.catalogue.encode(pixels.flatten(0, 1)).view(batch, n, -1)
-        if self._ranks_from_index(history_index):
-            scores, items = catalogue_topk(samples, self.catalogue, max(self.config["topk"]))
-            interaction.update(Interaction({SAMPLES: samples}))
+        interaction.update(Interaction({SAMPLES: samples}))
+        reduce = self.config["eval_score_reduce"]
+        if self._ranks_from_index():
+            scores, items = catalogue_topk(samples, self.catalogue, max(self.config["topk"]), reduce, exclude)
             return interaction, TopKScores(scores, items, self.catalogue.item_num), positive_u, positive_i
-        scores = catalogue_scores(samples, self.catalogue, reduce=self.config["eval_score_reduce"]).to(self.device)
+        scores = catalogue_scores(samples, self.catalogue, reduce=reduce, exclude=exclude).to(self.device)
         if self.rank_by == "both":
             scores = rank_fusion(scores, self.model.full_sort_predict(interaction).float())
         scores[:, 0] = -torch.inf
-        if history_index is not None:
-            scores[history_index] = -torch.inf
-        interaction.update(Interaction({SAMPLES: samples}))
         return interaction, scores, positive_u, positive_i
 
-    def _ranks_from_index(self, history_index):
+    def _ranks_from_index(self):
         """Whether the images' ranking reaches RecBole as each user's top items from the index search (``gen_rank_from:
         index``; ``auto``: where the index is approximate, so that scoring every item would be the larger cost). It
-        needs ``gen_rank_by: images``, ``eval_score_reduce: max`` and only top-k metrics."""
+        needs ``gen_rank_by: images``, ``eval_score_reduce`` ``interleave`` or ``max`` and only top-k metrics."""
         mode = self.config["gen_rank_from"]
         if mode not in RANK_FROM:
             raise ValueError(f"gen_rank_from must be one of {', '.join(RANK_FROM)}, got {mode!r}")
         if mode == "scores":
             return False
         register = self.eval_collector.register
-        fits = (self.rank_by == "images" and self.config["eval_score_reduce"] == "max" and history_index is None
+        fits = (self.rank_by == "images" and self.config["eval_score_reduce"] in ("interleave", "max")
                 and not (register.need("rec.meanrank") or register.need("rec.score")))
         if mode == "index" and not fits:
             raise ValueError("gen_rank_from: index takes each user's top items from the index search: it needs "
-                             "gen_rank_by: images, eval_score_reduce: max, a sequential model and only top-k metrics "
+                             "gen_rank_by: images, eval_score_reduce: interleave or max, and only top-k metrics "
                              "(Hit, NDCG, MRR, ...; not GAUC); set gen_rank_from: scores")
         return fits and (mode == "index" or not self.catalogue.index.exact)
 
-    def _history(self, batched_data, batch):
-        """Each user's training items (RecBole's ``history_index``) as 0-padded rows, for models without sequences."""
-        if self.config["ITEM_ID_FIELD"] + self.config["LIST_SUFFIX"] in batched_data[0] or batched_data[1] is None:
-            return None
-        rows, items = (t.cpu() for t in batched_data[1])
-        if rows.numel() == 0:
-            return None
+    @staticmethod
+    def _padded(history_index, batch):
+        """RecBole's ``history_index`` (rows, items) as 0-padded rows ``[batch, longest]``."""
+        rows, items = (t.cpu() for t in history_index)
         counts = torch.bincount(rows, minlength=batch)
-        history = torch.zeros(batch, int(counts.max()), dtype=torch.long)
+        padded = torch.zeros(batch, max(1, int(counts.max()) if len(counts) else 1), dtype=torch.long)
         order = torch.argsort(rows, stable=True)
         rows, items = rows[order], items[order]
         starts = torch.cumsum(counts, 0) - counts
-        history[rows, torch.arange(len(rows)) - starts[rows]] = items
-        return history
+        padded[rows, torch.arange(len(rows)) - starts[rows]] = items
+        return padded
 
 
 def with_image_evaluation(trainer_class):

@@ -7,7 +7,9 @@ RecBole's evaluator returns one number per metric. :func:`user_values` takes the
   every cut-off from ``rec.topk``, exactly what RecBole averages;
 * the image metrics that are means over users (TargetSim, Novelty, OracleUtility, ...): their ``gen.*`` tensors;
 * the set-level ImageCoverage and FD: each user's nearest catalogue items, and each user's FD features (kept by
-  the collector with ``eval_fd_per_user``: ``eval_fd_dim`` floats per image, so memory grows with users x images).
+  the collector with ``eval_fd_per_user``: ``eval_fd_dim`` floats per image, so memory grows with users x images);
+* each user's target's interactions in the training split (:data:`TARGET_COUNT`), by which users are sliced into
+  cold, tail and head targets (:func:`recbole_gen.comparison.bootstrap.slices`).
 
 Users are sorted by id, so two models evaluated on the same split line up user for user (a paired comparison).
 :func:`resampled` recomputes every metric on resampled user sets (rows of an index matrix).
@@ -19,7 +21,7 @@ import torch
 from recbole.evaluator.base_metric import TopkMetric
 from recbole.evaluator.register import metrics_dict
 
-from recbole_gen.evaluator.collector import USER
+from recbole_gen.evaluator.collector import TARGET_COUNT, USER
 from recbole_gen.evaluator.metrics import FD, ImageCoverage, ImageMetric
 
 MEAN, NEAREST, CATALOGUE, FD_GENERATED, FD_REAL = "mean/", "imagecoverage/nearest", "imagecoverage/items", \
@@ -32,6 +34,8 @@ def user_values(struct, config):
     ImageCoverage / FD; other RecBole metrics (ItemCoverage, GAUC, ...) have no per-user form here."""
     order = np.argsort(struct.get(USER).numpy(), kind="stable")
     values = {"user": struct.get(USER).numpy()[order]}
+    if TARGET_COUNT in struct:
+        values[TARGET_COUNT] = struct.get(TARGET_COUNT).numpy()[order]
     for name in [str(m).lower() for m in config["metrics"]]:
         metric = metrics_dict[name](config)
         if isinstance(metric, TopkMetric):

@@ -16,7 +16,8 @@ Diversity          gen.diversity     ↑    mean pairwise (1 - cosine) among a u
 ImageCoverage      gen.nearest       ↑    share of catalogue items that are some sample's nearest item
 Novelty            gen.novelty       ↑    1 - max cosine to any catalogue item (0 = a copy)
 FD                 gen.fd            ↓    Fréchet distance, generated vs true next items' embeddings
-OracleUtility      gen.oracle_utility ↑   simulated user's utility of the samples (datasets with a simulator)
+RepeatRate         gen.repeat_rate   ↓    share of samples whose nearest catalogue item the user already took
+OracleUtility      gen.oracle_utility ↑   the judge's utility of the samples (datasets with a judge file)
 =================  ===============  ====  =======================================================
 
 Registration (:func:`register_metrics`) only touches RecBole's registry tables; it imports neither
@@ -59,9 +60,9 @@ class ImageMetric(AbstractMetric):
         return {name: round(value, self.decimal_place) if not math.isnan(value) else value}
 
 
-def _mean_metric(name, key):
+def _mean_metric(name, key, smaller=False):
     """A metric whose value is the mean over users of collector key ``key`` (see the table above)."""
-    return type(name, (ImageMetric,), {"key": key, "__module__": __name__,
+    return type(name, (ImageMetric,), {"key": key, "smaller": smaller, "__module__": __name__,
                                        "__doc__": f"Mean over users of ``{key}`` (NaN skipped)."})
 
 
@@ -70,6 +71,7 @@ TargetSim, TargetSimBest, HistorySim, FutureSim, Diversity, Novelty, OracleUtili
         ("TargetSim", "target_sim"), ("TargetSimBest", "target_sim_best"), ("HistorySim", "history_sim"),
         ("FutureSim", "future_sim"), ("Diversity", "diversity"), ("Novelty", "novelty"),
         ("OracleUtility", "oracle_utility")))
+RepeatRate = _mean_metric("RepeatRate", "gen.repeat_rate", smaller=True)
 
 
 class ImageCoverage(ImageMetric):
@@ -94,7 +96,8 @@ class FD(ImageMetric):
         return {"fd": round(value, self.decimal_place) if not np.isnan(value) else value}
 
 
-IMAGE_METRICS = [TargetSim, TargetSimBest, HistorySim, FutureSim, Diversity, ImageCoverage, Novelty, FD, OracleUtility]
+IMAGE_METRICS = [TargetSim, TargetSimBest, HistorySim, FutureSim, Diversity, ImageCoverage, Novelty, RepeatRate, FD,
+                 OracleUtility]
 IMAGE_METRIC_NAMES = [cls.__name__.lower() for cls in IMAGE_METRICS]
 
 

@@ -365,10 +365,11 @@ class GenLMMCore(ItemContent, nn.Module):
 
     @torch.no_grad()
     def generate_tokens(self, histories, num_samples=1, guidance_scale=0.0, temperature=1.0, top_k=0, top_p=1.0,
-                        seed=0, use_cache=True, plan_temperature=1.0, plans=None, prompt=None):
+                        seed=0, use_cache=True, plan_temperature=1.0, plans=None, prompt=None, exclude=None):
         """Draw ``num_samples`` images per history (lists of item ids, oldest first). Returns ``(tokens [B, n,
         grid*grid], plans [B, n])``; ``plans`` may be given ``[B, n]`` to draw chosen items (e.g. a redraw);
-        ``prompt``: another :class:`PromptBuilder` (the catalogue pre-training's instruction)."""
+        ``exclude [B, c]`` (0-padded): items never planned for that row (``plan: item``); ``prompt``: another
+        :class:`PromptBuilder` (the catalogue pre-training's instruction)."""
         self.item_tokens.require()
         n_users = len(histories)
         rows = [h for h in histories for _ in range(num_samples)]
@@ -391,6 +392,8 @@ class GenLMMCore(ItemContent, nn.Module):
             vectors = self.plan_vectors()
             if plans is None:
                 logits = self.plan_logits(hidden[:n:num_samples], vectors)
+                if exclude is not None and self.settings.plan == "item":
+                    logits = logits.scatter(1, exclude.to(logits.device).long(), float("-inf"))
                 user_generators = row_generators(seed, histories, [PLAN_STREAM] * n_users)
                 plans = distinct_plans(logits, num_samples, plan_temperature, user_generators)
             chosen = torch.as_tensor(plans, device=embeds.device).reshape(-1)

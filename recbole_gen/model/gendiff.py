@@ -58,9 +58,10 @@ class GenDiff(CoreCheckpoint, GenerativeRecommender):
 
     # ---------------------------------------------------------- generation
     @torch.no_grad()
-    def generate_images(self, interaction, num_samples=None, seed=None, **generation):
+    def generate_images(self, interaction, num_samples=None, seed=None, exclude=None, **generation):
         """Draw ``num_samples`` images per user; ``generation`` overrides ``guidance_scale``, ``num_inference_steps``
-        and ``sampler``."""
+        and ``sampler``. GenDiff plans no item, so ``exclude`` has nothing to act on (the evaluation still ranks no
+        consumed item)."""
         histories = self.histories(interaction)
         settings = {**self.settings.generation, **generation}
         n = num_samples or self.settings.num_samples

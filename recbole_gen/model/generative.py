@@ -55,6 +55,7 @@ class GenerativeRecommender(SequentialRecommender):
                              f"recbole_gen.data.create_dataset(config, images=True) (run_recbole does)")
         self.store = dataset.image_store
         self._dataset = dataset
+        self.repeatable = config["repeatable"]
 
     # ---------------------------------------------------------------- artifacts, handed in before use
     # A generator that draws through an image tokenizer (a JanusVQVAE) exposes it here; the artifact step
@@ -70,8 +71,10 @@ class GenerativeRecommender(SequentialRecommender):
         raise NotImplementedError
 
     # ---------------------------------------------------------------- the contract
-    def generate_images(self, interaction, num_samples=None, seed=None, **generation):
-        """``num_samples`` images per row of ``interaction`` (reads ``item_id_list`` / ``item_length`` only)."""
+    def generate_images(self, interaction, num_samples=None, seed=None, exclude=None, **generation):
+        """``num_samples`` images per row of ``interaction`` (reads ``item_id_list`` / ``item_length`` only);
+        ``exclude [B, c]`` (0-padded): items a row's user already took and may not be shown again (``repeatable:
+        False``), which a generator that plans items never plans."""
         raise NotImplementedError
 
     def full_sort_predict(self, interaction):
@@ -122,8 +125,9 @@ class GenerativeRecommender(SequentialRecommender):
     @torch.no_grad()
     def generate(self, users=None, histories=None, num_samples=None, seed=None, out_dir=None, **generation):
         """Draw images for ``users`` (external tokens or internal ids: their history in this model's dataset) or
-        for explicit ``histories`` (lists of internal item ids, oldest first; ``[]`` = no history). ``generation``
-        overrides sampling settings. With ``out_dir``, writes ``<row>_<sample>.png`` and ``manifest.json``."""
+        for explicit ``histories`` (lists of internal item ids, oldest first; ``[]`` = no history); under
+        ``repeatable: False`` nothing of the history is planned again. ``generation`` overrides sampling settings.
+        With ``out_dir``, writes ``<row>_<sample>.png`` and ``manifest.json``."""
         if (users is None) == (histories is None):
             raise ValueError("give exactly one of users= or histories=")
         labels = list(users) if users is not None else [None] * len(histories)
@@ -132,7 +136,9 @@ class GenerativeRecommender(SequentialRecommender):
         was_training = self.training
         self.eval()
         try:
-            result = self.generate_images(self.history_batch(histories).to(self.device), num_samples, seed, **generation)
+            batch = self.history_batch(histories).to(self.device)
+            exclude = None if self.repeatable else batch[self.ITEM_SEQ]
+            result = self.generate_images(batch, num_samples, seed, exclude=exclude, **generation)
         finally:
             self.train(was_training)
         dataset, texts = self._dataset, self.store.item_texts()

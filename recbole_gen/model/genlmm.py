@@ -60,8 +60,9 @@ class GenLMM(CoreCheckpoint, GenerativeRecommender):
 
     # ---------------------------------------------------------- generation and ranking
     @torch.no_grad()
-    def generate_images(self, interaction, num_samples=None, seed=None, plans=None, **generation):
-        """Draw ``num_samples`` images per user (``plans [B, n]`` forces what to draw: a redraw)."""
+    def generate_images(self, interaction, num_samples=None, seed=None, exclude=None, plans=None, **generation):
+        """Draw ``num_samples`` images per user (``plans [B, n]`` forces what to draw: a redraw); item plans never
+        fall on ``exclude``'s items."""
         histories = self.core.histories(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
         kwargs = {**self.settings.generation, **generation}
         n = num_samples or self.settings.num_samples
@@ -70,7 +71,9 @@ class GenLMM(CoreCheckpoint, GenerativeRecommender):
         tokens, chosen = [], []
         for start in range(0, len(histories), step):
             forced = None if plans is None else plans[start:start + step]
-            t, p = self.core("generate_tokens", histories[start:start + step], num_samples=n, seed=seed, plans=forced, **kwargs)
+            banned = None if exclude is None else exclude[start:start + step]
+            t, p = self.core("generate_tokens", histories[start:start + step], num_samples=n, seed=seed, plans=forced,
+                             exclude=banned, **kwargs)
             tokens.append(t)
             chosen.append(p)
         tokens = torch.cat(tokens)

@@ -16,7 +16,8 @@ class LastItem(TrainingFree, GenerativeRecommender):
         super().__init__(config, dataset)
         self.num_samples = config["num_samples"]
 
-    def generate_images(self, interaction, num_samples=None, seed=None, **generation):
+    def generate_images(self, interaction, num_samples=None, seed=None, exclude=None, **generation):
+        """The last item's image ``num_samples`` times (a copy: ``exclude`` changes nothing, it is the point)."""
         seq, length = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
         last = seq.gather(1, (length - 1).clamp(min=0).view(-1, 1)).squeeze(1)
         n = num_samples or self.num_samples

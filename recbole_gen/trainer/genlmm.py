@@ -78,6 +78,11 @@ class SFTTrainer(Trainer):
         """``dist_strategy: fsdp`` shards the model here, before RecBole's trainer would wrap it in DDP (a trainer
         that supports it overrides this)."""
 
+    @property
+    def optimizer_steps(self):
+        """Optimizer steps taken so far (the benchmark reports them: a run is sized in steps, not minutes)."""
+        return self.steps.step_count if self.steps is not None else 0
+
     def _build_optimizer(self, **kwargs):
         return super()._build_optimizer(params=[p for p in self.model.parameters() if p.requires_grad], **kwargs)
 
@@ -195,7 +200,7 @@ class GenLMMTrainer(SFTTrainer):
         return super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
 
     def _plan_teacher(self, train_data):
-        from recbole_gen.trainer.recommender import load_recommender
+        from recbole_gen.model.frozen import load_recommender
 
         if self.sft.plan_teacher_file and self.teacher is None:
             if not self.model.core.has_plan:

@@ -13,7 +13,8 @@ reward          value per sample                                                
 ``plan``        the same for the sample's plan (a semantic code: its items' summed probability)  [0, 1]
 ``history``     mean cosine to the user's history items (0 without history)                   [-1, 1]
 ``diversity``   penalty: max over the group's other samples of relu((cos - t) / (1 - t))      [0, 1]
-``oracle``      simulator utility of the sample's nearest catalogue item (emoji-seq only)     [0, 1]
+``oracle``      the judge's utility of the sample's nearest catalogue item (datasets with a    [0, 1]
+                judge file, e.g. emoji-seq; 0 for an item the user already took there)
 ==============  =============================================================================  =========
 
 ``total = sum_k sign_k * weight_k * reward_k``; penalties (``diversity``) enter with a minus sign. With
@@ -25,7 +26,7 @@ from functools import cached_property
 
 import torch
 
-from recbole_gen.trainer.recommender import realign
+from recbole_gen.model.frozen import realign
 
 #: name -> (function(rollout, emb, context) -> [B, G], is_penalty); filled by :func:`reward`
 REWARDS = {}
@@ -128,7 +129,7 @@ class Rollout:
 @dataclass
 class RewardStep:
     """What every reward function reads: the rollout, its samples' embeddings ``[B, G, D]`` under the reward
-    encoder, and the :class:`RewardSet` (catalogue, recommender, simulator, settings); what two rewards share
+    encoder, and the :class:`RewardSet` (catalogue, recommender, judge, settings); what two rewards share
     (the recommender's probabilities, the samples' nearest items) is computed once."""
 
     rollout: Rollout
@@ -182,11 +183,12 @@ def _oracle(step):
     r, rollout = step.rewards, step.rollout
     batch, group = step.emb.shape[:2]
     nearest = step.nearest(1).reshape(batch, group).clamp(min=0)
-    # positions: the target's index in the user's sequence = its history length (capped by
-    # MAX_ITEM_LIST_LENGTH for very long users: an approximation there)
-    positions = rollout.item_len.cpu().repeat_interleave(group).numpy()
+    # positions: the target's index in the user's sequence = its history length, and the consumed items its history
+    # (both capped by MAX_ITEM_LIST_LENGTH for very long users: an approximation there)
+    positions = rollout.item_len.cpu().repeat_interleave(group)
     users = rollout.user_ids.cpu().repeat_interleave(group)
-    return r.simulator.utility(users, nearest.reshape(-1, 1), positions).view(batch, group)
+    consumed = rollout.item_seq.cpu().repeat_interleave(group, dim=0)
+    return r.judge.utility(users, nearest.reshape(-1, 1), positions, consumed).view(batch, group)
 
 
 class RewardSet:
@@ -194,25 +196,26 @@ class RewardSet:
 
     ``catalogue``: a :class:`~recbole_gen.retrieval.catalogue.ImageCatalogue` built with the reward encoder
     (not necessarily the evaluation encoder). ``recommender``: a
-    :class:`~recbole_gen.trainer.recommender.FrozenRecommender` (needed when its weight is non-zero).
-    ``simulator``: ``recbole_gen.data.simulator`` utility (needed for ``oracle``).
+    :class:`~recbole_gen.model.frozen.FrozenRecommender` (needed when its weight is non-zero).
+    ``judge``: the dataset's :class:`~recbole_gen.data.judge.DatasetJudge` (needed for ``oracle``).
     """
 
-    def __init__(self, catalogue, weights, recommender=None, simulator=None, recommender_k=1, diversity_threshold=0.9,
+    def __init__(self, catalogue, weights, recommender=None, judge=None, recommender_k=1, diversity_threshold=0.9,
                  history_len=5, normalise=False, plan_codes=None):
         unknown = {k for k, v in weights.items() if float(v)} - set(REWARDS)
         if unknown:
             raise ValueError(f"unknown RL reward(s) {sorted(unknown)}; known: {', '.join(REWARDS)}")
         self.catalogue = catalogue
         self.weights = {k: float(v) for k, v in weights.items() if float(v)}
-        self.recommender, self.simulator, self.plan_codes = recommender, simulator, plan_codes
+        self.recommender, self.judge, self.plan_codes = recommender, judge, plan_codes
         self.recommender_k, self.diversity_threshold = int(recommender_k), float(diversity_threshold)
         self.history_len, self.normalise = int(history_len), bool(normalise)
         if {"recommender", "plan"} & set(self.weights) and recommender is None:
             raise ValueError("rl_recommender_weight or rl_plan_weight > 0 needs a recommender (reward_recommender_file "
                              "or an on-demand SASRec)")
-        if "oracle" in self.weights and simulator is None:
-            raise ValueError("rl_oracle_weight > 0 needs a dataset with a saved user simulator (emoji-seq)")
+        if "oracle" in self.weights and judge is None:
+            raise ValueError("rl_oracle_weight > 0 needs a dataset with a judge file (<dataset>.judge.npz, e.g. "
+                             "emoji-seq's; format: recbole_gen/data/judge.py)")
         if not self.weights:
             combine({}, {})  # raises the "every weight is 0" error
 

@@ -146,7 +146,7 @@ class RolloutTrainer(GenLMMTrainer):
         super().__init__(config, model)
         self.rl = RLSettings.from_config(config)
         if self.rl.rl_oracle_weight and "oracleutility" in [str(m).lower() for m in config["metrics"]]:
-            raise ValueError("rl_oracle_weight > 0 trains on the simulator's utility, so OracleUtility is no longer a "
+            raise ValueError("rl_oracle_weight > 0 trains on the judge's utility, so OracleUtility is no longer a "
                              "held-out metric: remove it from metrics or set rl_oracle_weight: 0")
         if not self.rl.init_from:
             self.logger.warning(set_color(f"stage={config['stage']} without init_from: it starts from (and is leashed "
@@ -171,14 +171,15 @@ class RolloutTrainer(GenLMMTrainer):
 
     # ------------------------------------------------------------------ setup
     def build_rewards(self, train_data):
-        """The reward set for this run (reward encoder catalogue, recommender, simulator)."""
+        """The reward set for this run (reward encoder catalogue, recommender, judge)."""
+        from recbole_gen.model.frozen import load_recommender
         from recbole_gen.retrieval.catalogue import ImageCatalogue
-        from recbole_gen.trainer.recommender import load_recommender, train_recommender
+        from recbole_gen.trainer.recommender import train_recommender
 
         rl, model = self.rl, self.model
         weights = rl.weights()
         catalogue = ImageCatalogue.from_config(self.config, model.store, prefix="rl_reward_encoder")  # by all ranks
-        recommender = simulator = None
+        recommender = judge = None
         if weights["recommender"] or weights["plan"]:
             if is_distributed(self.config) and not rl.reward_recommender_file:
                 raise ValueError("under --nproc > 1 each rank sees a shard of the training split, so the reward "
@@ -190,13 +191,13 @@ class RolloutTrainer(GenLMMTrainer):
                 recommender = train_recommender(self.config, train_data, rl.rl_recommender_epochs, rl.rl_seed,
                                                 self.checkpoint_dir)
         if weights["oracle"]:
-            from recbole_gen.data.simulator import load_simulator
+            from recbole_gen.data.judge import load_judge
 
-            simulator = load_simulator(self.config, train_data._dataset)
+            judge = load_judge(self.config, train_data._dataset)
         self.logger.info(f"RL rewards: {', '.join(f'{k}={v:g}' for k, v in weights.items() if v)}; reward encoder "
                          f"{catalogue.encoder.describe()} (evaluation encoder: {self.config['eval_encoder']})")
         codes = model.core.plan_code if model.settings.plan == "semantic" else None
-        return RewardSet(catalogue, weights, recommender, simulator, rl.rl_recommender_k, rl.rl_diversity_threshold,
+        return RewardSet(catalogue, weights, recommender, judge, rl.rl_recommender_k, rl.rl_diversity_threshold,
                          history_len=model.settings.history_len, normalise=rl.rl_normalise_rewards, plan_codes=codes)
 
     # ------------------------------------------------------------------ one step
@@ -220,7 +221,7 @@ class RolloutTrainer(GenLMMTrainer):
             tokens, plans = policy.generate_tokens(
                 histories, num_samples=G, guidance_scale=rl.rl_guidance_scale, temperature=rl.rl_temperature,
                 top_k=rl.rl_top_k, top_p=rl.rl_top_p, seed=(rl.rl_seed * 100_003 + self.rl_step) * world + rank,
-                plan_temperature=model.settings.plan_temperature)
+                plan_temperature=model.settings.plan_temperature, exclude=None if model.repeatable else item_seq)
         rollout = Rollout(model.core.decode(tokens), plans, batch[self.config["USER_ID_FIELD"]], item_seq, item_len,
                           batch[model.POS_ITEM_ID])
         components, total = self.rewards(rollout)
@@ -315,6 +316,11 @@ class RolloutTrainer(GenLMMTrainer):
         """Hook after each completed step (tests use it to simulate an interruption)."""
 
     # ------------------------------------------------------------------ RecBole contract
+    @property
+    def optimizer_steps(self):
+        """RL steps taken (each: one rollout batch, ``rl_inner_epochs`` policy updates): the benchmark's steps."""
+        return self.rl_step
+
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         """Run ``rl_steps`` steps, checkpointing every ``rl_save_every``; with ``valid_data``, validate before the
         first step and every ``rl_eval_every`` steps (held-out curves; rollouts and rows are seeded apart, so this
@@ -325,6 +331,7 @@ class RolloutTrainer(GenLMMTrainer):
             self.resume_rl(rl.rl_resume_from)
         if self.rewards is None:
             self.rewards = self.build_rewards(train_data)
+        self.eval_collector.data_collect(train_data)
         inter = train_data._dataset.inter_feat
         every = rl.rl_eval_every if valid_data else 0
         if self._validation_due(every):
