@@ -105,6 +105,30 @@ def test_another_seed_gives_other_interactions(emoji_seq_small, tmp_path, monkey
     assert other != (emoji_seq_small / "emoji-seq" / "emoji-seq.inter").read_bytes()
 
 
+def test_emoji_pop_users_follow_popularity_more_and_their_last_category_less(emoji_seq_small, tmp_path, monkeypatch):
+    """The second built-in catalogue: the same items, users drawn with global popularity half of the time and less
+    continuity; its judge file says so too."""
+    import recbole_gen.data.emoji_seq as emoji_seq
+
+    monkeypatch.setattr(emoji_seq, "render_emoji", fake_render)
+    config = Config(model="SASRec", dataset="emoji-pop", config_dict={"data_path": str(tmp_path), "emoji_seq_users": USERS})
+    build_dataset("emoji-pop", tmp_path / "emoji-pop", config)
+    seq, pop = EmojiSeqTruth.load(emoji_seq_small / "emoji-seq"), EmojiSeqTruth.load(tmp_path / "emoji-pop")
+
+    def continuity(truth):
+        return np.mean([s[t] == s[t - 1] for s in sequences(truth) for t in range(1, len(s))])
+
+    def head_share(truth):  # interactions on the 50 most taken items
+        return np.sort(np.bincount(truth.seq_items, minlength=len(truth.items)))[::-1][:50].sum() / len(truth.seq_items)
+
+    assert continuity(pop) < continuity(seq) - 0.2 and head_share(pop) > 2 * head_share(seq)
+    assert pop.p_global == 0.5 and seq.p_global == 0.0
+    user = pop.users[0]
+    q = pop.next_subgroup_distribution(user, 3)
+    assert q.sum() == pytest.approx(1.0) and q.min() >= 0.5 * pop.subgroup_popularity.min()
+    assert (tmp_path / "emoji-pop" / "emoji-pop.judge.npz").is_file()
+
+
 def test_make_dataset_is_idempotent(emoji_seq_small, capsys):
     before = digest_tree(emoji_seq_small / "emoji-seq")
     assert recbole_gen_main(["make-dataset", "emoji-seq", "--data_path", str(emoji_seq_small)]) == 0

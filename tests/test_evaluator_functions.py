@@ -68,6 +68,17 @@ def test_sample_mask_and_judge():
     assert coverage(out["nearest"], 4) == pytest.approx(0.5)
 
 
+def test_plan_fidelity_counts_images_whose_nearest_item_is_their_plan():
+    samples = unit([1, 0], [0, 1], [1, 1.1], [1, 0.05]).unsqueeze(0)  # nearest items 1, 2, 3, 1
+    plans = torch.tensor([[1, 3, 3, -1]])  # the last image had no plan: not counted
+    out = image_metrics(samples, torch.tensor([1]), None, None, CAT, plan_ids=plans)
+    assert out["plan_fidelity"].item() == pytest.approx(2 / 3)
+    twin = torch.cat([CAT, CAT[1:2]])  # item 5: the very image of item 1 (the emoji font has such duplicates)
+    out = image_metrics(samples[:, :1], torch.tensor([1]), None, None, twin, plan_ids=torch.tensor([[5]]))
+    assert out["plan_fidelity"].item() == 1.0
+    assert torch.isnan(image_metrics(samples, torch.tensor([1]), None, None, CAT)["plan_fidelity"]).all()
+
+
 def test_frechet_distance_known_gaussians():
     # equal covariances: FD = |mu1 - mu2|^2
     assert frechet_distance([0, 0], np.eye(2), [3, 4], np.eye(2)) == pytest.approx(25.0)

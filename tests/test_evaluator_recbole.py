@@ -111,7 +111,7 @@ def test_generator_of_the_true_image_scores_hit1_and_targetsim_1(setup):
         assert result["novelty"] == 0.0
         assert result["fd"] == pytest.approx(0.0, abs=1e-3)
         assert math.isnan(result["diversity"])  # one sample per user
-        assert math.isnan(result["oracleutility"])  # no simulator for this dataset
+        assert math.isnan(result["oracleutility"])  # no judge file for this dataset
         assert 0 < result["imagecoverage"] <= 1
         assert -1 < result["historysim"] < 1
     assert valid_result["futuresim"] == pytest.approx(expected_future_sim(config, valid, test, trainer.catalogue), abs=1e-4)

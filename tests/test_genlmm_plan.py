@@ -1,6 +1,7 @@
 """Plan, then draw: the plan head learns what comes next from content (items never seen in training can be
-planned), drawing follows the plan, nothing reads the target, sampling is seeded and cache-exact, and the same
-code runs on a real (save_pretrained) checkpoint with LoRA."""
+planned) and per-item terms (look-alikes told apart), the plan stage is cached, drawing follows the plan, nothing
+reads the target, no consumed item is planned, sampling is seeded and cache-exact, and the same code runs on a real
+(save_pretrained) checkpoint with LoRA."""
 import pytest
 import torch
 from recbole.data.interaction import Interaction
@@ -25,6 +26,7 @@ def planner(emoji64, gtiny):
     unseen = [int(torch.nonzero(groups == g)[0]) for g in range(4)]
     torch.manual_seed(0)
     model = make_model(gtiny, **PLAN)
+    model.core.item_seen[unseen] = False  # cold: never a training target here, so no per-item terms
     histories, targets = _sequences(groups, exclude=unseen)
     losses = train_core(model.core, histories, targets, steps=150)
     return model, unseen, histories, targets, losses
@@ -49,12 +51,70 @@ def test_an_item_never_seen_in_training_gets_a_finite_content_derived_score(plan
     with torch.no_grad():
         embeds, mask = core.prompt_embeds(histories[:8])
         hidden = core._lm(embeds, mask).last_hidden_state[:, -1]
-        logits = core.plan_logits(hidden)
+        logits = core.plan_logits(hidden, histories[:8])
         vectors = core.content_vectors(torch.tensor(unseen))
         by_hand = core.plan_query(hidden) @ vectors.T / core.hidden ** 0.5
+        by_hand += core.history_match(histories[:8], core.plan_vectors())[:, unseen]
     assert torch.isfinite(logits[:, unseen]).all()
     assert torch.allclose(logits[:, unseen], by_hand, atol=1e-5)  # its score comes from its content vector
     assert logits[:, 0].isneginf().all()  # the padding item is never planned
+
+
+@pytest.mark.parametrize("item_terms", [True, False])
+def test_per_item_terms_tell_look_alikes_apart_and_leave_a_cold_item_to_its_content(gtiny, item_terms):
+    """Items 5, 6 and 7 share a subgroup and are given one image: only 5 is ever chosen, 7 never occurs in training.
+    With per-item terms 5 is planned over its look-alike 6; without them the two are the same plan. The cold item
+    7 is scored by its content alone either way."""
+    torch.manual_seed(0)
+    model = make_model(gtiny, item_id_embedding=item_terms, plan_item_bias=item_terms, **PLAN)
+    core = model.core
+    tokens = core.tokens_of(torch.arange(core.item_num)).cpu()
+    tokens[6] = tokens[7] = tokens[5]
+    core.set_item_tokens(tokens)
+    core.item_seen[7] = False
+    histories = [[i, j] for i in range(1, 17) for j in range(1, 17) if 7 not in (i, j)]  # the same subgroup
+    train_core(core, histories, [5] * len(histories), steps=60)
+    with torch.no_grad():
+        logits = core.plan_scores(histories[:8])
+        hidden = core._lm(*core.prompt_embeds(histories[:8])).last_hidden_state[:, -1]
+        content_only = core.plan_query(hidden) @ core.content_vectors(torch.tensor([7])).T / core.hidden ** 0.5
+        content_only += core.history_match(histories[:8], core.plan_vectors())[:, 7:8]
+    if item_terms:
+        assert (logits[:, 5] > logits[:, 6] + 1).all(), (logits[:, 5], logits[:, 6])
+    else:
+        assert torch.allclose(logits[:, 5], logits[:, 6])
+    assert torch.allclose(logits[:, 7:8], content_only, atol=1e-5)  # no ID embedding, no bias: its content alone
+
+
+def test_the_history_match_weighs_each_recent_items_likeness_by_how_recent_it_is(gtiny):
+    """By hand: a weight per step back for the content cosine and for sharing the subgroup (``group`` here)."""
+    core = make_model(gtiny, **PLAN).core
+    with torch.no_grad():
+        core.recency.zero_()
+        core.recency[0, 0], core.recency[1, 0], core.recency[1, 1] = 2.0, 3.0, 0.5  # cosine: last; subgroup: last, 2nd
+        vectors = core.plan_vectors()
+        match = core.history_match([[20, 3], [3]], vectors)
+    unit = torch.nn.functional.normalize(vectors, dim=-1)
+    group = core.content_group
+    expected = 2.0 * unit @ unit[3] + 3.0 * (group == group[3]) + 0.5 * (group == group[20])
+    assert torch.allclose(match[0], expected, atol=1e-5)
+    assert torch.allclose(match[1], 2.0 * unit @ unit[3] + 3.0 * (group == group[3]), atol=1e-5)  # one item: no 2nd
+
+
+def test_the_plan_stage_is_cached_and_rebuilt_when_its_settings_change(gtiny, monkeypatch):
+    import recbole_gen.trainer.pretrain as pretrain
+
+    calls = []
+    original = pretrain.plan_stage
+    monkeypatch.setattr(pretrain, "plan_stage", lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs))
+    settings = dict(plan_stage_steps=5, plan_stage_batch_size=16, **PLAN)
+    first = make_model(gtiny, **settings)
+    again = make_model(gtiny, **settings)
+    assert len(calls) == 1 and first.artifact_info["plan_stage"] == again.artifact_info["plan_stage"]
+    assert first.artifact_info["plan_stage"]["rows"] == len(first._dataset.inter_feat)
+    assert all(torch.equal(a, b) for a, b in zip(first.core.saved_state_dict().values(), again.core.saved_state_dict().values()))
+    make_model(gtiny, **{**settings, "plan_stage_learning_rate": 1e-4})
+    assert len(calls) == 2
 
 
 def test_drawing_follows_the_plan_on_a_memorised_catalogue(emoji64, gtiny):

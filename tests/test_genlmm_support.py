@@ -20,7 +20,7 @@ TINY = dict(
     vq_train_steps=60, vq_batch_size=16, vq_lr=3e-3, vq_seed=0,
     lmm_hidden_size=64, lmm_intermediate_size=128, lmm_num_layers=2, lmm_num_heads=2, lmm_max_position_embeddings=128,
     lmm_vision_hidden_size=32, lmm_vision_layers=1, lmm_vision_heads=1, cond_dropout=0.0, history_len=3,
-    pretrain_steps=0,
+    pretrain_steps=0, plan_stage_steps=0,
 )
 
 

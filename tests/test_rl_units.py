@@ -121,7 +121,7 @@ def test_reward_set_refuses_missing_inputs():
         RewardSet(Cat(), {"recommender": 1.0})
     with pytest.raises(ValueError, match="needs a recommender"):
         RewardSet(Cat(), {"plan": 1.0})
-    with pytest.raises(ValueError, match="simulator"):
+    with pytest.raises(ValueError, match="needs a dataset with a judge file"):
         RewardSet(Cat(), {"oracle": 1.0})
     with pytest.raises(ValueError, match="unknown RL reward"):
         RewardSet(Cat(), {"taste": 1.0})

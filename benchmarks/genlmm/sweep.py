@@ -1,16 +1,17 @@
-"""GenLMM designs and sampling settings on the VALIDATION split of the main job's dataset. Test is never evaluated
-here: the default is chosen on these numbers and the main job reports test once.
+"""GenLMM designs and sampling settings on the VALIDATION split of a benchmark preset's dataset. Test is never
+evaluated here: the defaults are chosen on these numbers and the main job reports test once.
 
     python benchmarks/genlmm/sweep.py --out benchmarks/genlmm/results/sweep [--designs plan-item ...] \\
-        [--teacher results/<main job>/saved/SASRec-....pth]
+        [--teacher results/<main job>/saved/SASRec-....pth] [--preset default] [--dataset emoji-pop]
     python benchmarks/genlmm/sweep.py --list
 
-Each *design* trains once with the full preset's settings (properties/benchmark/full.yaml: 1,000 users, seed 2026,
-the GenLMM-SFT row's 4-minute budget) plus its overrides, then is validated under each *sampling* setting
-(generation only; no retraining), by its images (gen_rank_by: images) and, with a plan head, by the plan alone
-(gen_rank_by: plan); designs listed in --shuffled are also validated with every user's history swapped for
-another user's (targets kept). One JSON per design; a finished design is skipped on rerun. The tokenizer and
-each pre-training are cached under dataset/benchmark/emoji-seq/.cache, as in the main job.
+Each *design* trains once with a preset's settings (``--preset``, default ``full``: properties/benchmark/full.yaml,
+1,000 users, seed 2026, the GenLMM-SFT row's epochs) plus its overrides, then is validated under each *sampling*
+setting (generation only; no retraining), by its images (gen_rank_by: images) and, with a plan head, by the plan
+alone (gen_rank_by: plan); designs listed in --shuffled are also validated with every user's history swapped for
+another user's (targets kept). ``--dataset emoji-pop`` runs the same on the second built-in catalogue (its own folder
+beside the preset's). One JSON per design; a finished design is skipped on rerun. The tokenizer and each
+pre-training are cached under the dataset's .cache, as in the main job.
 """
 import argparse
 import contextlib
@@ -33,6 +34,13 @@ DESIGNS = {
     "plan-item-history10": dict(PLAN, history_len=10),
     "plan-item-no-history": dict(PLAN, history_len=0),  # ablation: the plan from no history (popularity only)
     "plan-item-teacher": dict(PLAN, plan_teacher_file="@teacher", plan_teacher_weight=0.5),
+    # the plan head's per-item terms and plan stage (issue 28); the designs above predate them and ran content-only
+    "content-only": dict(PLAN, item_id_embedding=False, plan_item_bias=False, plan_stage_steps=0),
+    "item-bias": dict(PLAN, item_id_embedding=False, plan_stage_steps=0),
+    "item-terms": dict(PLAN, plan_stage_steps=0),
+    "content-only+stage": dict(PLAN, item_id_embedding=False, plan_item_bias=False),
+    "item-terms+stage": PLAN,
+    "item-terms+stage+teacher": dict(PLAN, plan_teacher_file="@teacher", plan_teacher_weight=0.5),
 }
 SAMPLING = {
     "default": {},
@@ -50,11 +58,13 @@ SAMPLING = {
 }
 
 
-def shared_config(preset="full"):
+def shared_config(preset="full", dataset=None):
+    """The preset's shared config and its GenLMM-SFT row; another ``dataset`` lives beside the preset's folder."""
     from recbole_gen.comparison import load_preset
 
     preset = load_preset(preset)
-    return {**preset["config"], **{k: v for k, v in preset["rows"]["GenLMM-SFT"].items() if k != "model"}}
+    config = {**preset["config"], **{k: v for k, v in preset["rows"]["GenLMM-SFT"].items() if k not in ("model", "block")}}
+    return config if dataset in (None, preset["dataset"]) else {**config, "data_path": f"{config['data_path']}-{dataset}"}
 
 
 @contextlib.contextmanager
@@ -100,31 +110,32 @@ def revalidate(target, sampling, threads):
     target.write_text(json.dumps(result, indent=1, default=float))
 
 
-def run_design(name, overrides, sampling, threads, teacher=None, shuffled=False):
-    from recbole.data import data_preparation
+def run_design(name, overrides, sampling, threads, teacher=None, shuffled=False, preset="full", dataset=None):
     from recbole.utils import init_seed
 
     from recbole_gen.config import Config
-    from recbole_gen.data import create_dataset
+    from recbole_gen.data import create_dataset, data_preparation
     from recbole_gen.quick_start import build_model, build_trainer
     from recbole_gen.utils import init_logger
 
     torch.set_num_threads(threads)
     overrides = {k: (teacher if v == "@teacher" else v) for k, v in overrides.items()}
-    config = Config(model="GenLMM", dataset="emoji-seq", config_dict={
-        **shared_config(), **overrides, "log_dir": "results/genlmm-sweep/logs",
+    config = Config(model="GenLMM", dataset=dataset or "emoji-seq", config_dict={
+        **shared_config(preset, dataset), **overrides, "log_dir": "results/genlmm-sweep/logs",
         "checkpoint_dir": f"results/genlmm-sweep/saved/{name}", "eval_step": 0})
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     started, load = time.time(), os.getloadavg()[0]
     train_data, valid_data, _ = data_preparation(config, create_dataset(config, images=True))
+    if config["plan_teacher_file"] and not Path(config["plan_teacher_file"]).is_file():
+        raise FileNotFoundError(f"--teacher {config['plan_teacher_file']} is not a file")
     model = build_model(config, train_data._dataset)
     prepared = time.time()
     trainer = build_trainer(config, model)
     trainer.fit(train_data, saved=True, show_progress=False)
     trained = time.time()
     result = {"design": name, "overrides": overrides, "model_file": trainer.saved_model_file,
-              "artifacts": model.artifact_info, "steps": trainer.steps.step_count,
+              "artifacts": model.artifact_info, "steps": trainer.optimizer_steps,
               "prepare_s": round(prepared - started, 1), "train_s": round(trained - prepared, 1), "valid": {}}
     trained_settings = model.settings
     result["valid"].update(validate_sampling(model, trainer, valid_data, sampling))
@@ -146,6 +157,8 @@ def main():
     parser.add_argument("--shuffled", nargs="*", default=[], help="designs also validated with shuffled histories")
     parser.add_argument("--teacher", help="a SASRec checkpoint trained on the same split (design plan-item-teacher)")
     parser.add_argument("--out", default="benchmarks/genlmm/results/sweep")
+    parser.add_argument("--preset", default="full", help="the benchmark preset whose data and GenLMM-SFT row to use")
+    parser.add_argument("--dataset", default=None, help="another built-in dataset than the preset's (emoji-pop)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--revalidate", action="store_true", help="only add --sampling settings to trained designs")
     parser.add_argument("--list", action="store_true")
@@ -163,7 +176,8 @@ def main():
             continue
         if target.is_file():
             continue
-        result = run_design(name, DESIGNS[name], sampling, args.threads, args.teacher, name in args.shuffled)
+        result = run_design(name, DESIGNS[name], sampling, args.threads, args.teacher, name in args.shuffled, args.preset,
+                            args.dataset)
         result["command"] = "python benchmarks/genlmm/sweep.py " + " ".join(os.sys.argv[1:])
         target.write_text(json.dumps(result, indent=1, default=float))
         print(json.dumps({"design": name, **{k: {m: round(v, 4) for m, v in r.items() if m in ("hit@10", "ndcg@10",

@@ -39,6 +39,7 @@ LEGEND = {
     "fd": "Fréchet distance of the images to the true next items",
     "oracleutility": "the judge's (simulated user's) utility of the images, a repeat worth nothing",
     "repeatrate": "share of the images whose nearest item the user already took",
+    "planfidelity": "share of a generator's images whose nearest item is the item it planned",
 }
 BLOCKS = {"rankers": "Rankers", "generators": "Generators",
           "drawn twins": "Drawn twins (each ranker's top items, redrawn by the generators' tokenizer)"}

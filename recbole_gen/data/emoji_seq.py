@@ -1,4 +1,6 @@
-"""``emoji-seq``: the built-in image dataset. Real item images (Noto Color Emoji), simulated users.
+"""``emoji-seq``: the built-in image dataset. Real item images (Noto Color Emoji), simulated users. ``emoji-pop``:
+the same catalogue with users who behave differently (:data:`VARIANTS`: more popularity-driven, less category
+continuity), the second catalogue every modelling choice is checked on.
 
 Items: every fully-qualified emoji of ``emoji-test.txt`` (3,655 in Unicode 15.1's file, 9 groups,
 98 subgroups with items), rendered in colour with Pillow and saved as ``images/<token>.png``
@@ -17,6 +19,8 @@ Users come from a seeded simulator (all constants in :data:`SIMULATOR`, saved wi
   otherwise it is drawn from ``theta(t)``;
 - popularity bias: within a subgroup an item is drawn proportionally to a log-normal popularity
   (skin-tone variants get ``skin_tone_factor`` of it), never an item the user already has;
+- global popularity (``p_global``, 0 in emoji-seq): with that probability the next item is instead drawn from the
+  whole catalogue by popularity, whatever the user's taste;
 - timestamps: a random start within a year, then exponential gaps (``mean_gap_hours``).
 
 The ground truth (both taste vectors of every user, every sequence, ``rho``) is saved as
@@ -41,6 +45,8 @@ from recbole_gen.files import atomic_write_bytes
 logger = logging.getLogger(__name__)
 
 NAME = "emoji-seq"
+#: the built-in emoji datasets: each one's simulator settings that differ from :data:`SIMULATOR`
+VARIANTS = {NAME: {}, "emoji-pop": {"rho": 0.1, "p_global": 0.5, "popularity_sigma": 1.5}}
 INSTALL_HINT = "install them with `apt-get install fonts-noto-color-emoji unicode-data`"
 
 #: build options (config keys; defaults in properties/dataset/emoji-seq.yaml) recorded in emoji-seq.sim.json
@@ -54,6 +60,7 @@ SIMULATOR = {
     "explore": 0.05,
     "p_replace": 0.5,
     "rho": 0.45,
+    "p_global": 0.0,
     "popularity_sigma": 1.0,
     "skin_tone_factor": 0.25,
     "length_median": 10,
@@ -192,13 +199,19 @@ def simulate(items, n_users, seed, sim=SIMULATOR):
         for t in range(length):
             frac = t / (length - 1)
             theta = (1 - frac) * theta_start[u] + frac * theta_end[u]
-            s = prev_sub if (t > 0 and rng.random() < sim["rho"]) else int(rng.choice(n_sub, p=theta))
-            cand = [i for i in members[s] if i not in seen]
-            while not cand:  # subgroup used up: draw another from the taste
-                s = int(rng.choice(n_sub, p=theta))
+            if sim["p_global"] and rng.random() < sim["p_global"]:  # (no draw at 0: emoji-seq's stream is unchanged)
+                w = popularity.copy()
+                w[list(seen)] = 0.0
+                item = int(rng.choice(n_items, p=w / w.sum()))
+                s = int(item_sub[item])
+            else:
+                s = prev_sub if (t > 0 and rng.random() < sim["rho"]) else int(rng.choice(n_sub, p=theta))
                 cand = [i for i in members[s] if i not in seen]
-            w = popularity[cand]
-            item = int(cand[rng.choice(len(cand), p=w / w.sum())])
+                while not cand:  # subgroup used up: draw another from the taste
+                    s = int(rng.choice(n_sub, p=theta))
+                    cand = [i for i in members[s] if i not in seen]
+                w = popularity[cand]
+                item = int(cand[rng.choice(len(cand), p=w / w.sum())])
             seen.add(item)
             seq_items.append(item)
             prev_sub = s
@@ -221,6 +234,8 @@ def simulate(items, n_users, seed, sim=SIMULATOR):
         "seq_items": np.array(seq_items, dtype=np.int32),
         "timestamps": np.array(stamps, dtype=np.int64),
         "rho": np.array(sim["rho"]),
+        "p_global": np.array(sim["p_global"]),
+        "subgroup_popularity": (sub_pop / sub_pop.sum()).astype(np.float32),
     }
     return truth
 
@@ -231,23 +246,26 @@ def simulate(items, n_users, seed, sim=SIMULATOR):
 def check_built(folder, config):
     """A warning when the folder on disk was built with other options than ``config`` asks for, or before emoji-seq
     wrote its judge file."""
-    if not (Path(folder) / f"{NAME}.judge.npz").is_file():
-        return (f"{folder} has no {NAME}.judge.npz (built by an earlier recbole-gen), so OracleUtility is not "
-                f"defined there: rebuild it with `recbole-gen make-dataset {NAME} --force`")
+    name = config["dataset"]
+    if not (Path(folder) / f"{name}.judge.npz").is_file():
+        return (f"{folder} has no {name}.judge.npz (built by an earlier recbole-gen), so OracleUtility is not "
+                f"defined there: rebuild it with `recbole-gen make-dataset {name} --force`")
     try:
-        built = json.loads((Path(folder) / f"{NAME}.sim.json").read_text())["options"]
+        built = json.loads((Path(folder) / f"{name}.sim.json").read_text())["options"]
     except (OSError, ValueError, KeyError):
         return None
     wanted = _options(config)
     if wanted != built:
         return (f"{folder} was built with {built}, the config asks for {wanted}; using the files on disk "
-                f"(rebuild with `recbole-gen make-dataset {NAME} --force`, or point data_path elsewhere)")
+                f"(rebuild with `recbole-gen make-dataset {name} --force`, or point data_path elsewhere)")
     return None
 
 
-@register_dataset(NAME, check=check_built)
-def build_emoji_seq(folder, config):
-    """Write emoji-seq's atomic files, images and ground truth into ``folder``."""
+def build_emoji_dataset(folder, config):
+    """Write an emoji dataset's (``config['dataset']``: a name of :data:`VARIANTS`) atomic files, images and ground
+    truth into ``folder``."""
+    name = config["dataset"]
+    sim = {**SIMULATOR, **VARIANTS[name]}
     opts = _options(config)
     start = time.time()
     folder = Path(folder)
@@ -262,35 +280,39 @@ def build_emoji_seq(folder, config):
     for it in items:
         name = " ".join(unicodedata.normalize("NFC", it["name"]).split())
         item_lines.append(f"{it['token']}\t{name}\t{slug(it['group'])}\t{it['subgroup']}\timages/{it['token']}.png")
-    (folder / f"{NAME}.item").write_text("\n".join(item_lines) + "\n", encoding="utf-8")
+    (folder / f"{name}.item").write_text("\n".join(item_lines) + "\n", encoding="utf-8")
 
-    truth = simulate(items, opts["emoji_seq_users"], opts["emoji_seq_seed"])
+    truth = simulate(items, opts["emoji_seq_users"], opts["emoji_seq_seed"], sim)
     inter_lines = ["user_id:token\titem_id:token\ttimestamp:float"]
     off, seq, ts, users, tokens = (truth["seq_offsets"], truth["seq_items"], truth["timestamps"],
                                    truth["users"], truth["items"])
     for u, user in enumerate(users):
         for k in range(off[u], off[u + 1]):
             inter_lines.append(f"{user}\t{tokens[seq[k]]}\t{ts[k]}")
-    (folder / f"{NAME}.inter").write_text("\n".join(inter_lines) + "\n", encoding="utf-8")
+    (folder / f"{name}.inter").write_text("\n".join(inter_lines) + "\n", encoding="utf-8")
 
-    with open(folder / f"{NAME}.truth.npz", "wb") as f:
+    with open(folder / f"{name}.truth.npz", "wb") as f:
         np.savez_compressed(f, **truth)
-    judge_file(EmojiSeqTruth(truth)).save(folder / f"{NAME}.judge.npz")
+    judge_file(EmojiSeqTruth(truth)).save(folder / f"{name}.judge.npz")
     meta = {
-        "dataset": NAME,
+        "dataset": name,
         "options": opts,
-        "simulator": SIMULATOR,
+        "simulator": sim,
         "users": int(len(users)),
         "items": int(len(items)),
         "interactions": int(len(seq)),
         "groups": [str(g) for g in truth["groups"]],
         "subgroups": int(len(truth["subgroups"])),
-        "truth_file": f"{NAME}.truth.npz (load with recbole_gen.data.emoji_seq.EmojiSeqTruth)",
-        "judge_file": f"{NAME}.judge.npz (OracleUtility's utilities per user, position and subgroup)",
+        "truth_file": f"{name}.truth.npz (load with recbole_gen.data.emoji_seq.EmojiSeqTruth)",
+        "judge_file": f"{name}.judge.npz (OracleUtility's utilities per user, position and subgroup)",
     }
-    atomic_write_bytes(folder / f"{NAME}.sim.json", (json.dumps(meta, indent=1) + "\n").encode())
-    logger.info(f"built {NAME}: {len(users)} users, {len(items)} items, {len(seq)} interactions "
+    atomic_write_bytes(folder / f"{name}.sim.json", (json.dumps(meta, indent=1) + "\n").encode())
+    logger.info(f"built {name}: {len(users)} users, {len(items)} items, {len(seq)} interactions "
                 f"in {time.time() - start:.1f}s")
+
+
+for _name in VARIANTS:
+    register_dataset(_name, check=check_built)(build_emoji_dataset)
 
 
 # ----------------------------------------------------------------------------- oracle
@@ -316,20 +338,22 @@ class EmojiSeqTruth:
         self.offsets = arrays["seq_offsets"]
         self.seq_items = arrays["seq_items"].astype(np.int64)
         self.rho = float(arrays["rho"])
+        self.p_global = float(arrays.get("p_global", 0.0))  # folders built before emoji-pop existed have neither
+        self.subgroup_popularity = np.asarray(arrays.get("subgroup_popularity", np.zeros(len(self.subgroups))), np.float64)
         self._user = {u: k for k, u in enumerate(self.users)}
         self._item = {t: k for k, t in enumerate(self.items)}
         self._sub = {s: k for k, s in enumerate(self.subgroups)}
 
     @classmethod
     def load(cls, folder_or_config):
-        """From a dataset folder (``.../emoji-seq``) or a RecBole config (its ``data_path``)."""
+        """From a dataset folder (``.../emoji-seq``, ``.../emoji-pop``) or a RecBole config (its ``data_path``)."""
         try:
             folder = Path(folder_or_config["data_path"])
         except (TypeError, KeyError, IndexError):
             folder = Path(folder_or_config)
-        path = folder / f"{NAME}.truth.npz"
+        path = folder / f"{folder.name}.truth.npz"
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: build the dataset with `recbole-gen make-dataset {NAME}`")
+            raise FileNotFoundError(f"{path} not found: build the dataset with `recbole-gen make-dataset {folder.name}`")
         with np.load(path, allow_pickle=False) as data:
             return cls({k: data[k] for k in data.files})
 
@@ -365,14 +389,15 @@ class EmojiSeqTruth:
         return (1 - frac) * self.theta_start[u] + frac * self.theta_end[u]
 
     def next_subgroup_distribution(self, user, position):
-        """The simulator's distribution of the subgroup of the user's item at ``position``
-        (continuity with the item at ``position - 1`` included)."""
+        """The simulator's distribution of the subgroup of the user's item at ``position`` (continuity with the item at
+        ``position - 1`` included; with ``p_global``, the catalogue's popularity share of each subgroup, which leaves
+        out that the user's own items are never drawn again)."""
         u, _ = self._check(user, position)
         q = self.preference(user, position)
         if position > 0:
             q = (1 - self.rho) * q
             q[self.item_subgroups[self.seq_items[self.offsets[u] + position - 1]]] += self.rho
-        return q
+        return (1 - self.p_global) * q + self.p_global * self.subgroup_popularity
 
     def utility(self, user, position, subgroup):
         """How much the simulated user would like an image at ``position``, in [0, 1].

@@ -32,10 +32,10 @@ from recbole_gen.evaluator.functional import FrechetStats, image_metrics
 from recbole_gen.evaluator.metrics import NEED
 from recbole_gen.evaluator.scoring import TopKScores
 
-SAMPLES, SAMPLE_MASK = "gen_sample_emb", "gen_sample_mask"
+SAMPLES, SAMPLE_MASK, SAMPLE_PLANS = "gen_sample_emb", "gen_sample_mask", "gen_sample_plans"
 USER, POSITION, TARGET_COUNT = "eval.user", "eval.position", "eval.target_count"
 PER_USER = ("target_sim", "target_sim_best", "history_sim", "future_sim", "diversity", "novelty", "oracle_utility",
-            "repeat_rate", "nearest")
+            "repeat_rate", "plan_fidelity", "nearest")
 ROW_KEYS = (*RECBOLE_ROW_KEYS, USER, POSITION, TARGET_COUNT, "gen.fd_generated", "gen.fd_real", *(f"gen.{k}" for k in PER_USER))
 SUM_KEYS = ("gen.fd_stats",)
 
@@ -164,7 +164,8 @@ class ImageCollector(Collector):
         values = image_metrics(samples, target, self._history(interaction), self._future(interaction, batch),
                                catalogue.embeddings, index=catalogue.index, sample_mask=mask,
                                user_ids=interaction[uid].cpu() if uid in interaction else None, judge=self.judge,
-                               consumed_ids=consumed, positions=positions)
+                               consumed_ids=consumed, positions=positions,
+                               plan_ids=interaction[SAMPLE_PLANS].cpu() if SAMPLE_PLANS in interaction else None)
         for key in PER_USER:
             struct.update_tensor(f"gen.{key}", values[key])
         keep = torch.ones(samples.shape[:2], dtype=torch.bool) if mask is None else mask

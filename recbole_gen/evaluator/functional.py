@@ -17,6 +17,9 @@ Per user (``NaN`` where a value is undefined; aggregates skip NaN):
 * ``nearest``: each sample's nearest catalogue item id (for catalogue coverage).
 * ``repeat_rate``: share of samples whose nearest catalogue item the user already took (consumed);
   NaN without the consumed items.                                              lower = fewer repeats
+* ``plan_fidelity``: share of a generator's samples whose nearest catalogue item is the item it planned
+  (or an item with the planned item's very image: the emoji font has pixel-identical duplicates);
+  NaN for samples without an item plan.                                        higher = draws what it meant
 * ``oracle_utility``: mean over samples of a judge's utility (simulated users), NaN without one.
 
 Items without an image (zero embedding) count as undefined: a target without an image gives NaN.
@@ -43,7 +46,7 @@ def _gather(catalogue_emb, ids):
 
 
 def image_metrics(sample_emb, target_ids, history_ids, future_ids, catalogue_emb, index=None,
-                  sample_mask=None, user_ids=None, judge=None, consumed_ids=None, positions=None):
+                  sample_mask=None, user_ids=None, judge=None, consumed_ids=None, positions=None, plan_ids=None):
     """Per-user image metrics for one batch.
 
     Args:
@@ -59,10 +62,12 @@ def image_metrics(sample_emb, target_ids, history_ids, future_ids, catalogue_emb
             FloatTensor[B, n]`` utilities of each sample (e.g. :class:`~recbole_gen.evaluator.oracle.KNNOracleJudge`).
         consumed_ids: ``LongTensor[B, c]`` items each user took before the target, 0-padded, or None.
         positions: ``LongTensor[B]`` the target's index in the user's sequence (for the judge), or None.
+        plan_ids: ``LongTensor[B, n]`` the item each sample was drawn as (-1: none), or None.
 
     Returns:
         dict of tensors on CPU: ``target_sim, target_sim_best, history_sim, future_sim, diversity,
-        novelty, repeat_rate, oracle_utility`` (``FloatTensor[B]``) and ``nearest`` (``LongTensor[B, n]``).
+        novelty, repeat_rate, plan_fidelity, oracle_utility`` (``FloatTensor[B]``) and ``nearest``
+        (``LongTensor[B, n]``).
     """
     if sample_emb.dim() != 3:
         raise ValueError(f"sample_emb must be [batch, num_samples, dim], got {tuple(sample_emb.shape)}")
@@ -118,6 +123,12 @@ def image_metrics(sample_emb, target_ids, history_ids, future_ids, catalogue_emb
         out["repeat_rate"] = _nanmean(repeat.float(), smask, 1)
     else:
         out["repeat_rate"] = torch.full((batch,), float("nan"))
+    out["plan_fidelity"] = torch.full((batch,), float("nan"))
+    if plan_ids is not None:
+        plans = plan_ids.view(batch, n).cpu()
+        planned = smask & (plans > 0)
+        same_image = (catalogue_emb[nearest.clamp(min=0)] * catalogue_emb[plans.clamp(min=0)]).sum(-1) > 1 - 1e-5
+        out["plan_fidelity"] = _nanmean(((nearest == plans) | same_image).float(), planned, 1)
 
     if judge is not None:
         utility = torch.as_tensor(judge(user_ids, samples, nearest, positions, consumed_ids)).float().cpu().view(batch, n)

@@ -34,7 +34,7 @@ import torch
 from recbole.data.interaction import Interaction
 
 from recbole_gen.data.dataloader import CONSUMED
-from recbole_gen.evaluator.collector import SAMPLES, ImageCollector
+from recbole_gen.evaluator.collector import SAMPLE_PLANS, SAMPLES, ImageCollector
 from recbole_gen.evaluator.metrics import wants_image_metrics
 from recbole_gen.evaluator.scoring import TopKScores, catalogue_scores, catalogue_topk, rank_fusion
 from recbole_gen.model.generative import GenerativeRecommender
@@ -115,10 +115,12 @@ class ImageEvaluationMixin:
         interaction, history_index, positive_u, positive_i = batched_data
         interaction = interaction.to(self.device)
         exclude = interaction[CONSUMED] if history_index is not None else None
-        pixels = self.model.generate_images(interaction, exclude=exclude).pixels
-        batch, n = pixels.shape[:2]
-        samples = self.catalogue.encode(pixels.flatten(0, 1)).view(batch, n, -1)
+        generation = self.model.generate_images(interaction, exclude=exclude)
+        batch, n = generation.pixels.shape[:2]
+        samples = self.catalogue.encode(generation.pixels.flatten(0, 1)).view(batch, n, -1)
         interaction.update(Interaction({SAMPLES: samples}))
+        if generation.plans_are_items:
+            interaction.update(Interaction({SAMPLE_PLANS: generation.plans.to(self.device)}))
         reduce = self.config["eval_score_reduce"]
         if self._ranks_from_index():
             scores, items = catalogue_topk(samples, self.catalogue, max(self.config["topk"]), reduce, exclude)

@@ -17,6 +17,7 @@ ImageCoverage      gen.nearest       ↑    share of catalogue items that are so
 Novelty            gen.novelty       ↑    1 - max cosine to any catalogue item (0 = a copy)
 FD                 gen.fd            ↓    Fréchet distance, generated vs true next items' embeddings
 RepeatRate         gen.repeat_rate   ↓    share of samples whose nearest catalogue item the user already took
+PlanFidelity       gen.plan_fidelity ↑    share of a generator's samples whose nearest catalogue item is their plan
 OracleUtility      gen.oracle_utility ↑   the judge's utility of the samples (datasets with a judge file)
 =================  ===============  ====  =======================================================
 
@@ -72,6 +73,7 @@ TargetSim, TargetSimBest, HistorySim, FutureSim, Diversity, Novelty, OracleUtili
         ("FutureSim", "future_sim"), ("Diversity", "diversity"), ("Novelty", "novelty"),
         ("OracleUtility", "oracle_utility")))
 RepeatRate = _mean_metric("RepeatRate", "gen.repeat_rate", smaller=True)
+PlanFidelity = _mean_metric("PlanFidelity", "gen.plan_fidelity")
 
 
 class ImageCoverage(ImageMetric):
@@ -96,8 +98,8 @@ class FD(ImageMetric):
         return {"fd": round(value, self.decimal_place) if not np.isnan(value) else value}
 
 
-IMAGE_METRICS = [TargetSim, TargetSimBest, HistorySim, FutureSim, Diversity, ImageCoverage, Novelty, RepeatRate, FD,
-                 OracleUtility]
+IMAGE_METRICS = [TargetSim, TargetSimBest, HistorySim, FutureSim, Diversity, ImageCoverage, Novelty, RepeatRate,
+                 PlanFidelity, FD, OracleUtility]
 IMAGE_METRIC_NAMES = [cls.__name__.lower() for cls in IMAGE_METRICS]
 
 

@@ -8,7 +8,8 @@ are artifacts that the artifact step (recbole_gen/trainer/artifacts.py) prepares
 
 **Content.** An item's content vector is an MLP of its frozen VQ code vectors (what the image looks like)
 plus an embedding of each of its ``content_fields`` values (``.item`` columns such as a category)
-(:mod:`recbole_gen.model.content`, shared with GenDiff). It generalises to items never seen in training.
+(:mod:`recbole_gen.model.content`, shared with GenDiff). It generalises to items never seen in training. An item
+seen in training also gets an ID embedding (``item_id_embedding``), so look-alikes can differ.
 
 **History** items enter the prompt in one of three ways (``history_mode``): ``semantic`` (default:
 ``history_tokens_per_item`` tokens from the content MLP), ``vq`` (all the item's image tokens through
@@ -17,7 +18,9 @@ Janus's generation embeddings) or ``vision`` (Janus's understanding path: vision
 **Plan, then draw** (``plan: item | semantic``). At the ``<begin_of_image>`` position the model first
 predicts *what* comes next: a full softmax over catalogue items (``item``) or over coarse semantic codes
 (``semantic``: k-means clusters of the items' content), scored against the content vectors (tied), so an
-item never seen in training can still be planned. The plan's vector is then the next input, and the image
+item never seen in training can still be planned; an item seen in training adds a learnt bias (``plan_item_bias``:
+its popularity, which content cannot tell) and, with ``plan_history_match``, its recency-weighted content similarity
+to the history (a copy path for continuity). The plan's vector is then the next input, and the image
 tokens are drawn conditioned on it: teacher-forced with the true next item in training, sampled (distinct
 plans for a user's images) at generation. ``plan: none`` draws straight after ``<begin_of_image>``.
 """
@@ -45,10 +48,12 @@ PLAN_STREAM = -1  # the "sample index" whose noise stream draws a user's plans (
 
 
 class GenLMMCore(ItemContent, nn.Module):
-    def __init__(self, settings, item_num, item_texts=None, content=None, item_pixels=None):
+    def __init__(self, settings, item_num, item_texts=None, content=None, item_pixels=None, counts=None):
         """``settings``: :class:`~recbole_gen.model.genlmm_config.GenLMMSettings`; ``item_num`` rows (row 0 =
         padding); ``item_texts``: titles per row; ``content``: ``{field: (LongTensor[item_num] value ids, 0 = none,
-        vocabulary size)}``; ``item_pixels(ids) -> FloatTensor[len, 3, S, S]`` (``history_mode: vision`` reads it)."""
+        vocabulary size)}``; ``item_pixels(ids) -> FloatTensor[len, 3, S, S]`` (``history_mode: vision`` reads it);
+        ``counts``: ``FloatTensor[item_num]``, each item's training interactions (an item with any gets the per-item
+        terms, and its plan bias starts at their log; ~: none)."""
         super().__init__()
         s = self.settings = settings
         self.backbone = build_backbone(s)
@@ -64,9 +69,21 @@ class GenLMMCore(ItemContent, nn.Module):
         per_item = s.history_tokens_per_item if s.history_mode == "semantic" else self.num_image_tokens
         self.tokens_per_item = per_item
         code_dim = self.lmm.config.vq_config.embed_dim * self.num_image_tokens
+        counts = torch.zeros(item_num) if counts is None else torch.as_tensor(counts, dtype=torch.float32)
+        self.register_buffer("item_seen", counts > 0, persistent=False)
         with torch.random.fork_rng(devices=[]):  # same init whatever ran before (like the tiny backbone)
             torch.manual_seed(s.base_seed + 1)
             self.init_content(code_dim, hidden, s.history_tokens_per_item, content or {}, dtype)
+            if s.item_id_embedding:
+                self.init_item_ids(hidden, dtype)
+            # the per-item terms start where counting would: the bias at the log of the item's training interactions
+            # (popularity), each content field's recency weights at plan_prior_weight * plan_prior_decay ** steps back
+            # (the categories of the recent history), the content cosine's at 0; training moves them from there
+            self.plan_bias = nn.Parameter(torch.log1p(counts).to(dtype)) if s.plan_item_bias and s.plan == "item" else None
+            self.recency = None
+            if s.plan_history_match and s.plan == "item":
+                prior = s.plan_prior_weight * s.plan_prior_decay ** torch.arange(max(1, s.history_len), dtype=torch.float32)
+                self.recency = nn.Parameter(torch.stack([torch.zeros_like(prior)] + [prior] * len(self.content_fields)).to(dtype))
             if s.plan != "none":
                 self.plan_query = nn.Linear(hidden, hidden).to(dtype)
                 self.null_plan = nn.Parameter(torch.randn(hidden, dtype=dtype) * 0.02)
@@ -254,14 +271,41 @@ class GenLMMCore(ItemContent, nn.Module):
         counts = torch.bincount(codes, minlength=self.settings.plan_codes).clamp(min=1).unsqueeze(1)
         return sums / counts
 
-    def plan_logits(self, hidden, vectors=None):
-        """Scores of every plan at the ``<begin_of_image>`` position's hidden state ``[B, hidden]`` -> ``[B, P]``
-        (item plans: padding gets -inf)."""
+    def plan_logits(self, hidden, histories, vectors=None):
+        """Scores of every plan for rows with ``<begin_of_image>`` hidden states ``[B, hidden]`` and ``histories``
+        (their prompts' item ids) -> ``[B, P]``: the hidden state's query against each plan vector, plus (``plan:
+        item``) each seen item's bias and the history match (:meth:`history_match`); padding gets -inf."""
         vectors = self.plan_vectors() if vectors is None else vectors
         logits = self.plan_query(hidden.to(vectors.dtype)) @ vectors.T / math.sqrt(self.hidden)
+        if self.plan_bias is not None:
+            logits = logits + self.plan_bias * self.item_seen
+        if self.recency is not None:
+            logits = logits + self.history_match(histories, vectors)
         if self.settings.plan == "item":
             logits[:, 0] = float("-inf")
         return logits.float()
+
+    def history_match(self, histories, vectors):
+        """``[B, item_num]``: how much each item is like the row's recent history items: its cosine to each of them in
+        plan-vector space, and for each of the ``content_fields`` (a category) whether it shares their value, each
+        weighted by how recent that history item is (``recency``: one learnt weight per step back and per term). A direct path for "more like what this user took lately" that needs nothing learnt about the
+        item itself, so it holds for items never seen in training; its cost grows with the catalogue as the plan's
+        own scores do (a profile per row, then one product with every item)."""
+        steps = self.recency.shape[1]
+        recent = torch.zeros(len(histories), steps, dtype=torch.long, device=vectors.device)
+        for row, items in enumerate(histories):  # right-aligned: column k is k + 1 steps back
+            if items:
+                recent[row, :min(steps, len(items))] = torch.as_tensor(items[::-1][:steps], device=vectors.device)
+        weights = self.recency.to(vectors.dtype).unsqueeze(1) * (recent > 0)  # [terms, B, steps]
+        unit = F.normalize(vectors, dim=-1)
+        match = torch.einsum("bk,bkd->bd", weights[0], unit[recent]) @ unit.T
+        for term, name in enumerate(self.content_fields, start=1):
+            values = getattr(self, f"content_{name}")  # value id per item, 0 = none
+            taste = torch.zeros(len(histories), int(values.max()) + 1, dtype=match.dtype, device=match.device)
+            taste.scatter_add_(1, values[recent], weights[term])
+            taste[:, 0] = 0
+            match = match + taste[:, values]
+        return match
 
     def plan_of(self, items):
         """The plan that teaches drawing ``items``: the item itself, or its semantic code."""
@@ -306,7 +350,7 @@ class GenLMMCore(ItemContent, nn.Module):
         prompt_end = embeds.shape[1] - 1
         start, count = prompt_end + (1 if self.has_plan else 0), tokens.shape[1]
         logits = self.lmm.model.generation_head(hidden[:, start:start + count]).float()
-        plan_logits = self.plan_logits(hidden[:, prompt_end], vectors) if self.has_plan else None
+        plan_logits = self.plan_logits(hidden[:, prompt_end], histories, vectors) if self.has_plan else None
         text_logits = self.lmm.lm_head(hidden[:, start + count:]).float() if text is not None else None
         return logits, plan_logits, text_logits
 
@@ -355,13 +399,16 @@ class GenLMMCore(ItemContent, nn.Module):
         plan_logp = (plan_logits / plan_temperature).log_softmax(-1).gather(1, plans.clamp(min=0).unsqueeze(1)).squeeze(1)
         return logp, plan_logp, entropy
 
+    def plan_only_loss(self, histories, targets):
+        """The plan's cross-entropy alone, from the prompt's last position: the plan stage's loss, which needs no
+        image token (recbole_gen/trainer/pretrain.py)."""
+        return F.cross_entropy(self.plan_scores(histories), self.plan_of(targets))
+
     # ------------------------------------------------------------ generation
-    @torch.no_grad()
     def plan_scores(self, histories):
         """The plan distribution's logits for each history ``[B, P]`` (GenLMM as a ranker: ``gen_rank_by: plan``)."""
         embeds, mask = self.prompt_embeds(histories)
-        hidden = self._lm(embeds, mask).last_hidden_state[:, -1]
-        return self.plan_logits(hidden)
+        return self.plan_logits(self._lm(embeds, mask).last_hidden_state[:, -1], histories)
 
     @torch.no_grad()
     def generate_tokens(self, histories, num_samples=1, guidance_scale=0.0, temperature=1.0, top_k=0, top_p=1.0,
@@ -391,7 +438,7 @@ class GenLMMCore(ItemContent, nn.Module):
         if self.has_plan:
             vectors = self.plan_vectors()
             if plans is None:
-                logits = self.plan_logits(hidden[:n:num_samples], vectors)
+                logits = self.plan_logits(hidden[:n:num_samples], histories, vectors)
                 if exclude is not None and self.settings.plan == "item":
                     logits = logits.scatter(1, exclude.to(logits.device).long(), float("-inf"))
                 user_generators = row_generators(seed, histories, [PLAN_STREAM] * n_users)

@@ -32,15 +32,17 @@ class NotARankerError(NotImplementedError):
 @dataclass
 class Generation:
     """What a generator draws for ``U`` users: ``pixels [U, n, 3, S, S]`` in [0, 1]; ``plans [U, n]`` (the
-    planned item or code of each image, -1 without a plan); ``histories``: the item ids each user's images were
-    conditioned on (after ``history_len``); ``tokens`` (the generator's own representation, e.g. image tokens);
-    ``manifest``: one row per image once :meth:`GenerativeRecommender.generate` describes it."""
+    planned item, or with ``plans_are_items`` False a semantic code, of each image; -1 without a plan);
+    ``histories``: the item ids each user's images were conditioned on (after ``history_len``); ``tokens`` (the
+    generator's own representation, e.g. image tokens); ``manifest``: one row per image once
+    :meth:`GenerativeRecommender.generate` describes it."""
 
     pixels: torch.Tensor
     plans: torch.Tensor
     histories: list
     tokens: torch.Tensor = None
     manifest: list = field(default_factory=list)
+    plans_are_items: bool = True
 
 
 class GenerativeRecommender(SequentialRecommender):

@@ -12,6 +12,7 @@ Only ``item_id_list`` / ``item_length`` are read to generate or rank (never the 
 """
 import torch
 
+from recbole_gen.data.dataloader import training_counts
 from recbole_gen.model.content import content_ids
 from recbole_gen.model.core import RL_ADAPTER, GenLMMCore, count_parameters
 from recbole_gen.model.generative import CoreCheckpoint, Generation, GenerativeRecommender
@@ -27,7 +28,7 @@ class GenLMM(CoreCheckpoint, GenerativeRecommender):
         self.settings = GenLMMSettings.from_config(config)
         content = {field: content_ids(self.store, field) for field in self.settings.content_fields}
         self.core = GenLMMCore(self.settings, dataset.item_num, self.store.item_texts(), content,
-                               item_pixels=self.store.pixels)
+                               item_pixels=self.store.pixels, counts=training_counts(dataset))
         if config["stage"] == "rl" and self.settings.finetune == "lora":
             self.core.add_rl_adapter(seed=config["rl_seed"])
         self.artifact_info = {}
@@ -77,7 +78,8 @@ class GenLMM(CoreCheckpoint, GenerativeRecommender):
             tokens.append(t)
             chosen.append(p)
         tokens = torch.cat(tokens)
-        return Generation(pixels=self.core("decode", tokens), plans=torch.cat(chosen), histories=histories, tokens=tokens)
+        return Generation(pixels=self.core("decode", tokens), plans=torch.cat(chosen), histories=histories, tokens=tokens,
+                          plans_are_items=self.settings.plan != "semantic")
 
     @torch.no_grad()
     def full_sort_predict(self, interaction):

@@ -36,12 +36,17 @@ class GenLMMSettings(TokenizerArchitecture):
     history_mode: str
     history_tokens_per_item: int
     content_fields: list
+    item_id_embedding: bool
     use_titles: bool
     max_title_tokens: int
     instruction: str
     # plan, then draw
     plan: str
     plan_codes: int
+    plan_item_bias: bool
+    plan_history_match: bool
+    plan_prior_weight: float
+    plan_prior_decay: float
     plan_loss_weight: float
     plan_temperature: float
     # SFT
@@ -79,6 +84,7 @@ class GenLMMSettings(TokenizerArchitecture):
         self.require(0 < self.top_p <= 1, "top_p", "in (0, 1]")
         self.require(0 <= self.cond_dropout < 1, "cond_dropout", "in [0, 1)")
         self.require(self.plan_temperature > 0, "plan_temperature", "> 0")
+        self.require(0 <= self.plan_prior_decay <= 1, "plan_prior_decay", "in [0, 1]")
 
     @property
     def generation(self):

@@ -8,7 +8,9 @@ and ``load_data_and_model`` alike, with a progress bar and log lines; the model 
 2. **catalogue image tokens** under that tokenizer, through the item image store's per-item cache;
 3. **semantic plan codes** (``plan: semantic``): k-means of the items' frozen code vectors;
 4. **catalogue pre-training** (``pretrain_steps``; :mod:`recbole_gen.trainer.pretrain`), cached under
-   ``<cache_dir>/genlmm_pretrain/``.
+   ``<cache_dir>/genlmm_pretrain/``;
+5. **the plan stage** (``plan_stage_steps``, a model with a plan): the plan alone, trained on the training split's
+   rows, cached under ``<cache_dir>/genlmm_plan_stage/`` (its key adds a digest of those rows).
 
 A model restored from a checkpoint (``fresh=False``) already holds its tokenizer, codes and trained weights:
 only step 2 runs. Each cached artifact is ``<prefix>-<key>.pt`` (tensors) plus ``<prefix>-<key>.json`` (how it
@@ -51,6 +53,20 @@ class TokenizerTraining(Settings):
 
 
 @dataclass(frozen=True)
+class PlanStageSettings(Settings):
+    """GenLMM's plan stage (keys and defaults in properties/model/GenLMM.yaml)."""
+
+    plan_stage_steps: int
+    plan_stage_batch_size: int
+    plan_stage_learning_rate: float
+    plan_stage_seed: int
+
+    def check(self):
+        self.require(self.plan_stage_steps >= 0, "plan_stage_steps", ">= 0")
+        self.require(self.plan_stage_batch_size >= 1, "plan_stage_batch_size", ">= 1")
+
+
+@dataclass(frozen=True)
 class PretrainSettings(Settings):
     """GenLMM's catalogue pre-training (keys and defaults in properties/model/GenLMM.yaml)."""
 
@@ -79,6 +95,7 @@ def prepare_artifacts(config, model, fresh=True):
     steps = ["tokenizer", "tokens"]
     if genlmm:
         steps += (["plan codes"] if model.settings.plan == "semantic" else []) + ["pre-training"]
+        steps += ["plan stage"] if model.core.has_plan else []
     info = {}
     bar = tqdm(steps if fresh else ["tokens"], desc="artifacts", unit="step", disable=not settings.show_progress)
     for step in bar:
@@ -89,10 +106,14 @@ def prepare_artifacts(config, model, fresh=True):
             info["tokens"] = _tokens(model)
         elif step == "plan codes":
             info["plan_codes"] = _plan_codes(model.core)
-        else:
+        elif step == "pre-training":
             pretraining = PretrainSettings.from_config(config)
             if pretraining.pretrain_steps:
                 info["pretrain"] = _pretrain(cache, pretraining, model.core, info, catalogue)
+        else:
+            planning = PlanStageSettings.from_config(config)
+            if planning.plan_stage_steps:
+                info["plan_stage"] = _plan_stage(cache, planning, model, info, catalogue)
     if fresh:
         model.artifact_info = info
     return info
@@ -163,18 +184,29 @@ def _plan_codes(core, iterations=25):
     return {"codes": s.plan_codes, "used": int((counts > 0).sum())}
 
 
+#: settings that change neither the catalogue pre-training nor the plan stage (generation, SFT-only keys)
+NOT_PRETRAINING = {"truncate_history", "lmm_max_length", "cond_dropout", "gradient_checkpointing", "plan_loss_weight",
+                   "plan_temperature", "num_samples", "guidance_scale", "temperature", "top_k", "top_p", "use_kv_cache",
+                   "generation_seed", "generation_batch_size"}
+
+
+def _pretraining_key(core, info, catalogue, run, unrelated=()):
+    """The digest of everything a stage before SFT depends on: its ``run`` settings, the model's settings but
+    ``unrelated`` ones, its parameters' shapes (a new layer: a new key), the tokenizer, the catalogue, the semantic
+    codes and which items have training interactions (their ID embeddings and biases)."""
+    model = {k: v for k, v in core.settings.as_dict().items() if k not in NOT_PRETRAINING | set(unrelated)}
+    parameters = {name: list(value.shape) for name, value in core.saved_state_dict().items()}
+    return digest({"run": run, "model": model, "parameters": parameters, "tokenizer": info.get("tokens"),
+                   "catalogue": catalogue, "codes": core.plan_code.tolist() if core.settings.plan == "semantic" else None,
+                   "seen": torch.nonzero(core.item_seen).flatten().tolist()})
+
+
 def _pretrain(cache, settings, core, info, catalogue):
     from recbole_gen.trainer.pretrain import pretrain
 
     run = {key: getattr(settings, key) for key in ("pretrain_steps", "pretrain_batch_size", "pretrain_learning_rate",
                                                    "pretrain_seed", "pretrain_instruction")}
-    unrelated = {"history_len", "truncate_history", "lmm_max_length", "cond_dropout", "instruction", "gradient_checkpointing",
-                 "plan_loss_weight", "plan_temperature", "num_samples", "guidance_scale", "temperature", "top_k", "top_p",
-                 "use_kv_cache", "generation_seed", "generation_batch_size"}
-    model = {k: v for k, v in core.settings.as_dict().items() if k not in unrelated}
-    parameters = {name: list(value.shape) for name, value in core.saved_state_dict().items()}  # a new layer: a new key
-    key = digest({"run": run, "model": model, "parameters": parameters, "tokenizer": info.get("tokens"),
-                  "catalogue": catalogue, "codes": core.plan_code.tolist() if core.settings.plan == "semantic" else None})
+    key = _pretraining_key(core, info, catalogue, run, unrelated=("history_len", "instruction"))
 
     def build():
         result = pretrain(core, settings.pretrain_steps, settings.pretrain_batch_size, settings.pretrain_learning_rate,
@@ -182,5 +214,26 @@ def _pretrain(cache, settings, core, info, catalogue):
         return core.saved_state_dict(), {"settings": run, "items": core.item_num - 1, **result}
 
     state, result = cache.load_or_build("genlmm_pretrain/pretrain", key, build, f"the catalogue pre-training ({settings.pretrain_steps} steps)")
+    core.load_state_dict(state, strict=False)
+    return result
+
+
+def _plan_stage(cache, settings, model, info, catalogue):
+    from recbole_gen.trainer.pretrain import plan_stage
+
+    core, rows = model.core, model._dataset.inter_feat
+    item_seq, item_len, targets = rows[model.ITEM_SEQ], rows[model.ITEM_SEQ_LEN], rows[model.ITEM_ID]
+    run = {key: getattr(settings, key) for key in ("plan_stage_steps", "plan_stage_batch_size", "plan_stage_learning_rate",
+                                                   "plan_stage_seed")}
+    split = hashlib.blake2b(b"".join(t.numpy().tobytes() for t in (item_seq, item_len, targets)), digest_size=8).hexdigest()
+    key = _pretraining_key(core, info, catalogue, {**run, "rows": split, "pretrain": info.get("pretrain")})
+
+    def build():
+        result = plan_stage(core, core.histories(item_seq, item_len), targets, settings.plan_stage_steps,
+                            settings.plan_stage_batch_size, settings.plan_stage_learning_rate, settings.plan_stage_seed)
+        return core.saved_state_dict(), {"settings": run, "rows": len(targets), **result}
+
+    state, result = cache.load_or_build("genlmm_plan_stage/plan", key, build,
+                                        f"the plan stage ({settings.plan_stage_steps} steps on {len(targets):,} rows)")
     core.load_state_dict(state, strict=False)
     return result

@@ -1,10 +1,16 @@
-"""Catalogue pre-training: the tiny GenLMM learns to draw every catalogue item before SFT teaches it taste.
+"""The stages before SFT: the tiny GenLMM learns to draw every catalogue item, then what comes next.
 
 A from-scratch tiny model cannot learn both drawing and taste within the main job's budget (docs/genlmm.md).
-This stage needs no user data: each step takes ``pretrain_batch_size`` random catalogue items and trains the
-model to draw each one from a prompt holding ``pretrain_instruction`` and the item: as its plan (``plan: item |
-semantic``, with an empty history: the plan -> drawing path SFT relies on), or, without a plan, as the only
-history item. SFT then starts from a model that already knows *how* to draw *what*.
+
+* **Catalogue pre-training** (:func:`pretrain`) needs no user data: each step takes ``pretrain_batch_size`` random
+  catalogue items and trains the model to draw each one from a prompt holding ``pretrain_instruction`` and the item:
+  as its plan (``plan: item | semantic``, with an empty history: the plan -> drawing path SFT relies on), or,
+  without a plan, as the only history item.
+* **The plan stage** (:func:`plan_stage`) trains the plan alone on the training split's rows (history -> next item):
+  the plan needs no image token, so a step costs a prompt's forward pass instead of a prompt and a drawing, and the
+  plan head gets many more examples than SFT's joint steps give it.
+
+SFT then starts from a model that already knows *how* to draw *what*, and what users take next.
 """
 import logging
 import time
@@ -19,6 +25,29 @@ logger = logging.getLogger(__name__)
 def pretrain(core, steps, batch_size, learning_rate, seed, instruction, log_every=100):
     """Train ``core``'s trainable parameters to draw random catalogue items; returns the losses' summary."""
     prompt = core.prompt.with_instruction(instruction)
+
+    def loss(items):
+        histories = [[] for _ in items] if core.has_plan else [[i] for i in items.tolist()]
+        return core.loss(histories, items, prompt=prompt, parts=True)["image"].mean()
+
+    return _train(core, loss, core.item_num - 1, steps, batch_size, learning_rate, seed, "catalogue pre-training",
+                  log_every, offset=1)
+
+
+def plan_stage(core, histories, targets, steps, batch_size, learning_rate, seed, log_every=100):
+    """Train ``core``'s trainable parameters on the plan's cross-entropy over the rows ``histories`` (lists of item
+    ids) -> ``targets`` (``LongTensor``); returns the losses' summary."""
+    targets = torch.as_tensor(targets)
+
+    def loss(rows):
+        return core.plan_only_loss([histories[r] for r in rows.tolist()], targets[rows.cpu()].to(core.lmm.device))
+
+    return _train(core, loss, len(histories), steps, batch_size, learning_rate, seed, "plan stage", log_every)
+
+
+def _train(core, loss_of, population, steps, batch_size, learning_rate, seed, name, log_every, offset=0):
+    """``steps`` AdamW steps (10% warm-up, cosine decay) on ``loss_of(indices)`` for ``batch_size`` indices drawn
+    uniformly from ``offset .. offset + population - 1`` with ``seed``'s generator."""
     params = [p for p in core.parameters() if p.requires_grad]
     optimizer = OptimizerSteps(torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.01), params, total_steps=steps,
                                warmup=max(1, steps // 10), schedule="cosine", grad_clip=1.0)
@@ -27,13 +56,12 @@ def pretrain(core, steps, batch_size, learning_rate, seed, instruction, log_ever
     core.train()
     try:
         for step in range(steps):
-            items = torch.randint(1, core.item_num, (batch_size,), generator=generator).to(core.lmm.device)
-            histories = [[] for _ in items] if core.has_plan else [[i] for i in items.tolist()]
-            loss = core.loss(histories, items, prompt=prompt, parts=True)["image"].mean()
+            indices = torch.randint(offset, offset + population, (batch_size,), generator=generator).to(core.lmm.device)
+            loss = loss_of(indices)
             optimizer.backward(loss)
             losses.append(loss.item())
             if log_every and (step + 1) % log_every == 0:
-                logger.info(f"catalogue pre-training step {progress(step + 1, steps, start)}: loss {loss.item():.4f}")
+                logger.info(f"{name} step {progress(step + 1, steps, start)}: loss {loss.item():.4f}")
     finally:
         core.train(was_training)
     tail = losses[-max(1, steps // 10):]
