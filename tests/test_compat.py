@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import tomllib
 from collections import namedtuple
 from pathlib import Path
 
@@ -324,6 +325,25 @@ def test_pandas_patch_is_idempotent():
     before = methods()
     patch_pandas_copy_on_write()
     assert methods() == before  # nothing wrapped twice
+
+
+def test_pandas_4_is_excluded_while_recbole_passes_inplace(tmp_path):
+    """RecBole 1.2.1's dataset loading passes ``inplace=`` where pandas 4 removes it (pandas 3.1 announces that with
+    a Pandas4Warning): the requirement keeps pandas 4 out and the tested pandas in."""
+    import pandas as pd
+    from packaging.requirements import Requirement
+
+    from recbole_gen.config import Config
+    from recbole_gen.data import create_dataset
+
+    requirements = map(Requirement, tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"])
+    pandas = next(requirement for requirement in requirements if requirement.name == "pandas")
+    assert not pandas.specifier.contains("4.0") and pandas.specifier.contains(pd.__version__)
+    if not hasattr(pd.errors, "Pandas4Warning"):
+        pytest.skip(f"pandas {pd.__version__} does not announce pandas 4's removals")
+    config = Config(model="BPR", dataset="tiny", config_dict={"data_path": str(write_tiny_dataset(tmp_path))})
+    with pytest.warns(pd.errors.Pandas4Warning, match="inplace keyword"):
+        create_dataset(config)
 
 
 def test_numpy_aliases_restored():
