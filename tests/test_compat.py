@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import tomllib
 from collections import namedtuple
 from pathlib import Path
 
@@ -162,6 +163,22 @@ SCENARIOS = {
         trainer._save_checkpoint(0)
         trainer.resume_checkpoint(trainer.saved_model_file)
     """),
+    "torch_amp": Scenario("torch_amp", None, "GradScaler", """
+        # torch 2.4 deprecated torch.cuda.amp's GradScaler; the day it is removed, its FutureWarning is an error
+        import warnings
+        from recbole.data import data_preparation
+        from recbole_gen.config import Config
+        from recbole_gen.data import create_dataset
+        from recbole_gen.utils import get_model, get_trainer
+        from tiny_data import write_tiny_dataset
+        path = write_tiny_dataset(WORKDIR)
+        config = Config(model="BPR", dataset="tiny", config_dict={"data_path": str(path), "checkpoint_dir": str(WORKDIR)})
+        train, _, _ = data_preparation(config, create_dataset(config))
+        trainer = get_trainer(config["MODEL_TYPE"], "BPR")(config, get_model("BPR")(config, train.dataset))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)
+            trainer._train_epoch(train, 0, show_progress=False)
+    """),
     "ddp_cpu": Scenario("ddp_cpu", None, "device_ids", """
         # RecBole's trainer of a multi-process run (here a 1-process gloo group) wraps a CPU model in DDP
         import socket
@@ -191,7 +208,7 @@ SCENARIOS = {
         assert not torch.is_anomaly_enabled(), "anomaly detection is on"
     """),
 }
-PATCHES = ("numpy_aliases", "pandas_cow", "scipy_dok", "torch_load", "ddp_cpu", "anomaly_detection")
+PATCHES = ("numpy_aliases", "pandas_cow", "scipy_dok", "torch_load", "torch_amp", "ddp_cpu", "anomaly_detection")
 
 PREAMBLE = """
 import json, sys, traceback, types, pathlib
@@ -205,7 +222,7 @@ unpatched = {{method: getattr(recbole_datasets, method.split(".")[0]).__dict__[m
              for method in {methods!r}}}
 for name in {patches!r}:
     getattr(compat, "patch_" + {{"numpy_aliases": "numpy_aliases", "pandas_cow": "pandas_copy_on_write",
-        "scipy_dok": "scipy_dok_update", "torch_load": "torch_load", "ddp_cpu": "ddp_cpu",
+        "scipy_dok": "scipy_dok_update", "torch_load": "torch_load", "torch_amp": "torch_amp", "ddp_cpu": "ddp_cpu",
         "anomaly_detection": "anomaly_detection"}}[name])()
 compat._applied = True
 """
@@ -308,6 +325,25 @@ def test_pandas_patch_is_idempotent():
     before = methods()
     patch_pandas_copy_on_write()
     assert methods() == before  # nothing wrapped twice
+
+
+def test_pandas_4_is_excluded_while_recbole_passes_inplace(tmp_path):
+    """RecBole 1.2.1's dataset loading passes ``inplace=`` where pandas 4 removes it (pandas 3.1 announces that with
+    a Pandas4Warning): the requirement keeps pandas 4 out and the tested pandas in."""
+    import pandas as pd
+    from packaging.requirements import Requirement
+
+    from recbole_gen.config import Config
+    from recbole_gen.data import create_dataset
+
+    requirements = map(Requirement, tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"])
+    pandas = next(requirement for requirement in requirements if requirement.name == "pandas")
+    assert not pandas.specifier.contains("4.0") and pandas.specifier.contains(pd.__version__)
+    if not hasattr(pd.errors, "Pandas4Warning"):
+        pytest.skip(f"pandas {pd.__version__} does not announce pandas 4's removals")
+    config = Config(model="BPR", dataset="tiny", config_dict={"data_path": str(write_tiny_dataset(tmp_path))})
+    with pytest.warns(pd.errors.Pandas4Warning, match="inplace keyword"):
+        create_dataset(config)
 
 
 def test_numpy_aliases_restored():

@@ -13,6 +13,7 @@ from recbole_gen.compat.ddp_cpu import patch_ddp_cpu
 from recbole_gen.compat.numpy_aliases import patch_numpy_aliases
 from recbole_gen.compat.pandas_cow import patch_pandas_copy_on_write
 from recbole_gen.compat.scipy_dok import patch_scipy_dok_update
+from recbole_gen.compat.torch_amp import patch_torch_amp
 from recbole_gen.compat.torch_load import patch_torch_load
 
 _applied = False
@@ -27,6 +28,7 @@ def apply():
     patch_pandas_copy_on_write()
     patch_scipy_dok_update()
     patch_torch_load()
+    patch_torch_amp()
     patch_ddp_cpu()
     patch_anomaly_detection()
     _applied = True
