@@ -45,9 +45,8 @@ def test_run_save_load_generates_identically(data_path, tmp_path, full_run, fine
     checkpoint = load_checkpoint(result["model_file"])
     keys = list(checkpoint["state_dict"])
     if finetune == "lora":
-        assert keys and all(("lora_" in k or "generation_head" in k or "generation_aligner" in k or "content_" in k
-                             or "plan" in k or "vqmodel" in k) for k in keys), keys[:8]
-        assert not any(k.endswith("q_proj.base_layer.weight") for k in keys)
+        language_model = [k for k in keys if ".language_model." in k]
+        assert language_model and all("lora_" in k for k in language_model), language_model[:8]  # adapters only
     assert not any("vision_model" in k for k in keys)  # frozen parts are rebuilt, not saved ...
     assert any("vqmodel" in k for k in keys)  # ... but the catalogue-trained tokenizer travels with the checkpoint
     assert isinstance(checkpoint["config"], dict)  # plain data: loading it runs no code

@@ -86,7 +86,12 @@ def create_dataset(config, images=False):
 def _empty(config):
     """What to tell a user whose dataset ends up without interactions (RecBole says "Some feat is empty")."""
     inter = dataset_folder(config) / f"{config['dataset']}.inter"
-    if inter.is_file() and sum(1 for line in inter.open(encoding=config["encoding"]) if line.strip()) <= 1:
+    if inter.is_file() and _non_blank_lines(inter, config["encoding"]) <= 1:
         return f"{inter} has a header but no interactions: add rows (user, item, timestamp), see docs/data.md"
     return (f"dataset '{config['dataset']}' in {dataset_folder(config)}: every interaction (or item) was filtered "
             f"out; check user_inter_num_interval, item_inter_num_interval, val_interval, load_col and image_policy")
+
+
+def _non_blank_lines(path, encoding):
+    with path.open(encoding=encoding) as lines:
+        return sum(1 for line in lines if line.strip())

@@ -278,8 +278,8 @@ def build_emoji_dataset(folder, config):
 
     item_lines = ["item_id:token\tname:token_seq\tgroup:token\tsubgroup:token\timage:token"]
     for it in items:
-        name = " ".join(unicodedata.normalize("NFC", it["name"]).split())
-        item_lines.append(f"{it['token']}\t{name}\t{slug(it['group'])}\t{it['subgroup']}\timages/{it['token']}.png")
+        item_name = " ".join(unicodedata.normalize("NFC", it["name"]).split())
+        item_lines.append(f"{it['token']}\t{item_name}\t{slug(it['group'])}\t{it['subgroup']}\timages/{it['token']}.png")
     (folder / f"{name}.item").write_text("\n".join(item_lines) + "\n", encoding="utf-8")
 
     truth = simulate(items, opts["emoji_seq_users"], opts["emoji_seq_seed"], sim)

@@ -86,6 +86,8 @@ class GenLMMCore(ItemContent, nn.Module):
                 self.recency = nn.Parameter(torch.stack([torch.zeros_like(prior)] + [prior] * len(self.content_fields)).to(dtype))
             if s.plan != "none":
                 self.plan_query = nn.Linear(hidden, hidden).to(dtype)
+                nn.init.zeros_(self.plan_query.weight)  # starts neutral: the plan's scores start as the per-item terms
+                nn.init.zeros_(self.plan_query.bias)
                 self.null_plan = nn.Parameter(torch.randn(hidden, dtype=dtype) * 0.02)
                 self.plan_to_image = nn.Linear(hidden, hidden).to(dtype)
                 nn.init.zeros_(self.plan_to_image.weight)  # starts neutral: the plan token alone conditions at first
@@ -354,10 +356,11 @@ class GenLMMCore(ItemContent, nn.Module):
         text_logits = self.lmm.lm_head(hidden[:, start + count:]).float() if text is not None else None
         return logits, plan_logits, text_logits
 
-    def loss(self, histories, targets, no_plan=None, prompt=None, plan_teacher=None, parts=False):
+    def loss(self, histories, targets, no_plan=None, prompt=None, plan_teacher=None, parts=False, exclude=None):
         """SFT loss: cross-entropy on the target items' image tokens (drawn from the true plan), plus
         ``plan_loss_weight`` x the plan's cross-entropy (or KL to ``plan_teacher`` probabilities [N, P] when given)
-        and ``text_loss_weight`` x the title's. ``no_plan``: rows drawn from the null plan (condition dropout).
+        and ``text_loss_weight`` x the title's. ``no_plan``: rows drawn from the null plan (condition dropout);
+        ``exclude [N, c]``: items each row's user already took, left out of the plan's softmax (:meth:`excluding`).
         With ``parts`` returns the per-row components instead: ``{"image": [N], "plan": [N] or None}``."""
         s = self.settings
         target_tokens = self.tokens_of(targets)
@@ -368,6 +371,7 @@ class GenLMMCore(ItemContent, nn.Module):
                 plans = torch.where(torch.as_tensor(no_plan, device=plans.device), torch.full_like(plans, NO_PLAN), plans)
         text = self.prompt.target_text(targets.tolist(), target_tokens.device) if s.text_loss_weight else None
         logits, plan_logits, text_logits = self.forward_logits(histories, target_tokens, plans, text, prompt)
+        plan_logits = self.excluding(plan_logits, exclude, targets)
         image_ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target_tokens.reshape(-1),
                                    reduction="none").view(len(targets), -1).mean(1)
         plan_ce = F.cross_entropy(plan_logits, self.plan_of(targets), reduction="none") if self.has_plan else None
@@ -399,10 +403,20 @@ class GenLMMCore(ItemContent, nn.Module):
         plan_logp = (plan_logits / plan_temperature).log_softmax(-1).gather(1, plans.clamp(min=0).unsqueeze(1)).squeeze(1)
         return logp, plan_logp, entropy
 
-    def plan_only_loss(self, histories, targets):
+    def plan_only_loss(self, histories, targets, exclude=None):
         """The plan's cross-entropy alone, from the prompt's last position: the plan stage's loss, which needs no
         image token (recbole_gen/trainer/pretrain.py)."""
-        return F.cross_entropy(self.plan_scores(histories), self.plan_of(targets))
+        return F.cross_entropy(self.excluding(self.plan_scores(histories), exclude, targets), self.plan_of(targets))
+
+    def excluding(self, plan_logits, exclude, targets):
+        """Item plans' logits with each row's ``exclude`` items (0-padded; its own target never) at -inf: a user who
+        never takes an item twice is trained, as evaluated, on what they can still take, so the plan is not taught
+        to shun items like the history for being the history."""
+        if exclude is None or plan_logits is None or self.settings.plan != "item":
+            return plan_logits
+        exclude = exclude.to(plan_logits.device).long()
+        exclude = exclude.masked_fill(exclude == targets.to(exclude.device).view(-1, 1), 0)
+        return plan_logits.scatter(1, exclude, float("-inf"))
 
     # ------------------------------------------------------------ generation
     def plan_scores(self, histories):

@@ -57,7 +57,8 @@ class GenLMM(CoreCheckpoint, GenerativeRecommender):
         if self.training and self.settings.cond_dropout > 0:
             drop = torch.rand(len(item_seq)) < self.settings.cond_dropout
         histories = self.core.histories(item_seq, item_len, drop)
-        return self.core("loss", histories, interaction[self.POS_ITEM_ID], no_plan=drop, plan_teacher=plan_teacher)
+        return self.core("loss", histories, interaction[self.POS_ITEM_ID], no_plan=drop, plan_teacher=plan_teacher,
+                         exclude=None if self.repeatable else item_seq)
 
     # ---------------------------------------------------------- generation and ranking
     @torch.no_grad()

@@ -101,7 +101,7 @@ class ItemTokens:
         if tuple(tokens.shape) != self.shape:
             raise ValueError(f"item tokens have shape {tuple(tokens.shape)}, expected {self.shape}")
         if not isinstance(tokens, CachedRows):
-            tokens = np.array(torch.as_tensor(tokens).cpu(), dtype=self.dtype)
+            tokens = torch.as_tensor(tokens).cpu().numpy().astype(self.dtype)
             tokens[0] = 0
         self.rows = tokens
 

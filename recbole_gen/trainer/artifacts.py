@@ -226,11 +226,13 @@ def _plan_stage(cache, settings, model, info, catalogue):
     run = {key: getattr(settings, key) for key in ("plan_stage_steps", "plan_stage_batch_size", "plan_stage_learning_rate",
                                                    "plan_stage_seed")}
     split = hashlib.blake2b(b"".join(t.numpy().tobytes() for t in (item_seq, item_len, targets)), digest_size=8).hexdigest()
-    key = _pretraining_key(core, info, catalogue, {**run, "rows": split, "pretrain": info.get("pretrain")})
+    key = _pretraining_key(core, info, catalogue, {**run, "rows": split, "pretrain": info.get("pretrain"),
+                                                   "repeatable": model.repeatable})
 
     def build():
         result = plan_stage(core, core.histories(item_seq, item_len), targets, settings.plan_stage_steps,
-                            settings.plan_stage_batch_size, settings.plan_stage_learning_rate, settings.plan_stage_seed)
+                            settings.plan_stage_batch_size, settings.plan_stage_learning_rate, settings.plan_stage_seed,
+                            exclude=None if model.repeatable else item_seq)
         return core.saved_state_dict(), {"settings": run, "rows": len(targets), **result}
 
     state, result = cache.load_or_build("genlmm_plan_stage/plan", key, build,

@@ -34,13 +34,16 @@ def pretrain(core, steps, batch_size, learning_rate, seed, instruction, log_ever
                   log_every, offset=1)
 
 
-def plan_stage(core, histories, targets, steps, batch_size, learning_rate, seed, log_every=100):
+def plan_stage(core, histories, targets, steps, batch_size, learning_rate, seed, exclude=None, log_every=100):
     """Train ``core``'s trainable parameters on the plan's cross-entropy over the rows ``histories`` (lists of item
-    ids) -> ``targets`` (``LongTensor``); returns the losses' summary."""
+    ids) -> ``targets`` (``LongTensor``), leaving each row's ``exclude`` items (``[rows, c]``, 0-padded: what its user
+    already took, under ``repeatable: False``) out of the softmax; returns the losses' summary."""
     targets = torch.as_tensor(targets)
 
     def loss(rows):
-        return core.plan_only_loss([histories[r] for r in rows.tolist()], targets[rows.cpu()].to(core.lmm.device))
+        rows = rows.cpu()
+        return core.plan_only_loss([histories[r] for r in rows.tolist()], targets[rows].to(core.lmm.device),
+                                   None if exclude is None else exclude[rows])
 
     return _train(core, loss, len(histories), steps, batch_size, learning_rate, seed, "plan stage", log_every)
 
