@@ -29,7 +29,7 @@ def pretrain(core, steps, batch_size, learning_rate, seed, instruction, log_ever
         for step in range(steps):
             items = torch.randint(1, core.item_num, (batch_size,), generator=generator).to(core.lmm.device)
             histories = [[] for _ in items] if core.has_plan else [[i] for i in items.tolist()]
-            loss = core.loss(histories, items, prompt=prompt, parts=True)["image"].mean()
+            loss = core("loss", histories, items, prompt=prompt, parts=True)["image"].mean()
             optimizer.backward(loss)
             losses.append(loss.item())
             if log_every and (step + 1) % log_every == 0:
