@@ -1,7 +1,9 @@
-"""The README's real-checkpoint command end to end through ``run_recbole``, on a Janus-Pro-shaped checkpoint with random
-weights (tests/janus_pro_fixture.py): a few LoRA SFT steps (bf16, vision history, 384 px items), one evaluation with
-the image metrics, one RL step from that checkpoint, ``recbole-gen generate``, ``recbole-gen export`` and a reload of
-the export that must draw the same images. Timings and peak memory per stage go to ``janus_pro.json``.
+"""The README's real-checkpoint command end to end through run_recbole, on a Janus-Pro-shaped checkpoint.
+
+The checkpoint has random weights (tests/janus_pro_fixture.py). A few LoRA SFT steps (bf16, vision history, 384 px
+items), one evaluation with the image metrics, one RL step from that checkpoint, ``recbole-gen generate``,
+``recbole-gen export`` and a reload of the export that must draw the same images; time and peak memory per stage go to
+``janus_pro.json``.
 
     python benchmarks/scale/gpu_janus_pro.py prepare --out .gpu-janus          # here: the dataset (needs the emoji font)
     python benchmarks/scale/gpu_janus_pro.py run --data .gpu-janus --out DIR   # GPU machine: Janus-Pro-1B's full sizes
@@ -11,7 +13,6 @@ The checkpoint folder is written by ``save_pretrained`` on the machine that runs
 4.2 GB in bf16), so no weights travel. The GPU machine has no RecBole, faiss, peft or emoji font: the dataset is
 prepared beside the code and the packages travel as wheels (benchmarks/scale/README.md has the commands).
 """
-import argparse
 import contextlib
 import json
 import platform
@@ -39,8 +40,10 @@ def prepare(out):
 
     pixels, names, groups = emoji64.__wrapped__()
     keep = [0] + [group * 16 + i + 1 for group in range(4) for i in range(4)]
-    return write_dataset(Path(out) / "data", (pixels[keep], [names[i] for i in keep], groups[keep]), n_users=8,
+    data = write_dataset(Path(out) / "data", (pixels[keep], [names[i] for i in keep], groups[keep]), n_users=8,
                          length=6, seed=2)
+    print(f"dataset written under {data}")
+    return data
 
 
 class Stages:
@@ -65,6 +68,7 @@ class Stages:
         else:
             entry["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)
         self.path.write_text(json.dumps(self.report, indent=1) + "\n")
+        print(json.dumps({name: entry}), flush=True)
 
 
 def _pngs(folder):
@@ -127,18 +131,7 @@ def _rounded(result):
     return {key: round(float(value), 4) for key, value in result.items()}
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("step", choices=["prepare", "run"])
-    parser.add_argument("--data", default=".gpu-janus", help="where `prepare` wrote the dataset")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--tiny", action="store_true", help="the CPU fixture's sizes instead of Janus-Pro-1B's")
-    args = parser.parse_args()
-    if args.step == "prepare":
-        print(f"dataset written under {prepare(args.out)}")
-    else:
-        print(json.dumps(run(args.data, args.out, args.tiny), indent=1))
-
-
 if __name__ == "__main__":
-    main()
+    from gpu_smoke import command_line
+
+    command_line(__doc__.splitlines()[0], prepare, run, ".gpu-janus", "the CPU fixture's sizes instead of Janus-Pro-1B's")
