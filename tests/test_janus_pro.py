@@ -9,7 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from janus_pro_fixture import BOI, BOS, EOI, EOS, IMAGE, PAD, SPECIAL_IDS, write_janus_pro
 from recbole_gen.checkpoint import load_checkpoint
+from recbole_gen.model.backbone import HFTokenizer
+from test_genlmm_support import make_core
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("gpu_janus_pro", ROOT / "benchmarks" / "scale" / "gpu_janus_pro.py")
@@ -18,11 +21,59 @@ _spec.loader.exec_module(script)
 
 
 @pytest.fixture(scope="module")
+def janus_pro(tmp_path_factory):
+    return write_janus_pro(tmp_path_factory.mktemp("janus-pro") / "Janus-Pro-fixture")
+
+
+@pytest.fixture(scope="module")
 def janus_data(tmp_path_factory):
     """The GPU script's dataset (16 emoji, 8 users x 6 interactions): the folder ``prepare`` wrote it under."""
     root = tmp_path_factory.mktemp("janus-data")
     script.prepare(root)
     return root
+
+
+@pytest.fixture(scope="module")
+def janus_core(janus_pro, janus_data):
+    """GenLMM's core on the fixture with the README's keys."""
+    return make_core((janus_data / "data", janus_data / "cache"), **script.README_KEYS, lmm_path=str(janus_pro))
+
+
+def test_tokenizer_carries_janus_pros_special_tokens_and_chat_layout(janus_pro, janus_core):
+    tokenizer = HFTokenizer(janus_pro)
+    assert type(tokenizer.tokenizer).__name__ == "TokenizersBackend"  # AutoTokenizer's fast tokenizer
+    assert tokenizer.special == {"<bos>": SPECIAL_IDS[BOS], "<eos>": SPECIAL_IDS[EOS], "<pad>": SPECIAL_IDS[PAD],
+                                 "<begin_of_image>": SPECIAL_IDS[BOI], "<end_of_image>": SPECIAL_IDS[EOI],
+                                 "<image_placeholder>": SPECIAL_IDS[IMAGE]}
+    before, after = tokenizer.user_turn
+    assert tokenizer.decode(before) == "<|User|>: " and tokenizer.decode(after) == "\n\n<|Assistant|>:"
+
+    core = janus_core
+    assert (core.backbone.image_size, core.backbone.grid, core.num_image_tokens) == (384, 24, 576)
+    ids, mask = core.prompt.batch([[1, 2], []])
+    bos, boi, eoi, slot = (SPECIAL_IDS[token] for token in (BOS, BOI, EOI, IMAGE))
+    head = [bos] + before + tokenizer.encode("Draw the next item.")
+    item = [boi] + [slot] * 576 + [eoi]
+    assert ids[0].tolist() == head + item + item + after + [boi]
+    assert ids[1][mask[1].bool()].tolist() == head + after + [boi]  # the unconditional prompt, left-padded
+    assert (ids[1][~mask[1].bool()] == SPECIAL_IDS[PAD]).all()
+
+
+def test_a_tokenizer_without_janus_image_tokens_is_refused(tmp_path):
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel({"<s>": 0, "<unk>": 1, "a": 2}, unk_token="<unk>"))
+    PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", unk_token="<unk>").save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="<begin_of_image>, <end_of_image>, <image_placeholder>: it is not a Janus"):
+        HFTokenizer(tmp_path)
+
+
+def test_lora_adapts_every_projection_of_the_language_model_and_nothing_else(janus_core):
+    core = janus_core
+    adapted = {name.split(".lora_A.")[0] for name, _ in core.lmm.named_parameters() if ".lora_A." in name}
+    assert len(adapted) == 7 * core.lmm.config.text_config.num_hidden_layers  # q, k, v, o, gate, up, down
+    assert all(name.startswith("model.language_model.layers.") for name in adapted)
 
 
 def test_readme_real_checkpoint_command_end_to_end(janus_data, tmp_path):

@@ -23,13 +23,14 @@ DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat1
 
 
 class ByteTokenizer:
-    """UTF-8 bytes shifted past a few special tokens: a text tokenizer that needs no files."""
+    """UTF-8 bytes shifted past a few special tokens: a text tokenizer that needs no files (and no chat layout)."""
 
     SPECIALS = ("<pad>", "<bos>", "<eos>", "<begin_of_image>", "<end_of_image>", "<image_placeholder>", "<sep>", "<unk>")
 
     def __init__(self):
         self.special = {name: i for i, name in enumerate(self.SPECIALS)}
         self.vocab_size = len(self.SPECIALS) + 256
+        self.user_turn = ([], [])
 
     def encode(self, text):
         return [len(self.SPECIALS) + b for b in text.encode("utf-8")]
@@ -42,19 +43,37 @@ class ByteTokenizer:
 
 
 class HFTokenizer:
-    """A checkpoint's own tokenizer (Janus-Pro: ``<begin_of_image>``, ``<end_of_image>``, ``<image_placeholder>``)."""
+    """A checkpoint's own tokenizer: Janus's image tokens (``<begin_of_image>``, ``<end_of_image>``,
+    ``<image_placeholder>``) and BOS / EOS / pad, and ``user_turn``: the ids before and after a user message in its
+    chat template with the assistant's turn opened (Janus-Pro: ``<|User|>: `` ... ``\n\n<|Assistant|>:``), the layout
+    the checkpoint was trained to draw after."""
+
+    IMAGE_TOKENS = ("<begin_of_image>", "<end_of_image>", "<image_placeholder>")
+    MESSAGE = "\x00message\x00"  # stands for the prompt while the chat template is rendered
 
     def __init__(self, folder):
         from transformers import AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        tok = self.tokenizer
+        self.tokenizer = tok = AutoTokenizer.from_pretrained(folder)
+        vocabulary = tok.get_vocab()
+        missing = [token for token in self.IMAGE_TOKENS if token not in vocabulary]
+        if missing:
+            raise ValueError(f"the tokenizer in lmm_path '{folder}' has no {', '.join(missing)}: it is not a Janus / "
+                             f"Janus-Pro tokenizer (its tokenizer.json must hold Janus's image tokens)")
         names = {"<pad>": tok.pad_token or tok.eos_token, "<bos>": tok.bos_token, "<eos>": tok.eos_token,
-                 "<begin_of_image>": "<begin_of_image>", "<end_of_image>": "<end_of_image>",
-                 "<image_placeholder>": "<image_placeholder>"}
+                 **{token: token for token in self.IMAGE_TOKENS}}
         self.special = {name: tok.convert_tokens_to_ids(token) for name, token in names.items() if token is not None}
         self.special.setdefault("<pad>", 0)
         self.vocab_size = len(tok)
+        self.user_turn = self._user_turn()
+
+    def _user_turn(self):
+        if not self.tokenizer.chat_template:
+            return [], []
+        message = [{"role": "user", "content": [{"type": "text", "text": self.MESSAGE}]}]
+        text = self.tokenizer.apply_chat_template(message, add_generation_prompt=True, tokenize=False)
+        before, _, after = text.partition(self.MESSAGE)
+        return self.encode(before), self.encode(after)
 
     def encode(self, text):
         return self.tokenizer.encode(text, add_special_tokens=False)
