@@ -2,16 +2,18 @@
 VQ, vision-tower and vocabulary shapes, its module names, special tokens and chat layout, cut-down widths, random
 weights): its tokenizer, prompt, LoRA targets and image normalisation, then the README's command end to end through
 run_recbole (SFT, evaluation with 384 px drawings and image metrics, one RL step, generate, export, reload)."""
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from janus_pro_fixture import BOI, BOS, EOI, EOS, IMAGE, PAD, SPECIAL_IDS, write_janus_pro
 from recbole_gen.checkpoint import load_checkpoint
-from recbole_gen.model.backbone import HFTokenizer
+from recbole_gen.model.backbone import HFTokenizer, image_normalisation
 from test_genlmm_support import make_core
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,6 +76,27 @@ def test_lora_adapts_every_projection_of_the_language_model_and_nothing_else(jan
     adapted = {name.split(".lora_A.")[0] for name, _ in core.lmm.named_parameters() if ".lora_A." in name}
     assert len(adapted) == 7 * core.lmm.config.text_config.num_hidden_layers  # q, k, v, o, gate, up, down
     assert all(name.startswith("model.language_model.layers.") for name in adapted)
+
+
+def test_vision_input_is_normalised_as_the_checkpoints_image_processor_says(janus_pro, janus_core, tmp_path):
+    from transformers import JanusImageProcessor
+
+    assert image_normalisation(janus_pro) == ((0.5,) * 3, (0.5,) * 3) == (janus_core.backbone.image_mean,
+                                                                         janus_core.backbone.image_std)
+    JanusImageProcessor(do_normalize=False).save_pretrained(tmp_path)
+    assert image_normalisation(tmp_path) == ((0.0,) * 3, (1.0,) * 3)
+    with pytest.raises(FileNotFoundError, match="image processor"):
+        image_normalisation(tmp_path / "none")
+
+    items, backbone = torch.tensor([1, 2]), janus_core.backbone
+    pixels = janus_core.item_pixels(items)
+    try:  # a checkpoint whose processor does not normalise: the vision tower sees the [0, 1] pixels themselves
+        janus_core.backbone = dataclasses.replace(backbone, image_mean=(0.0,) * 3, image_std=(1.0,) * 3)
+        with torch.no_grad():
+            expected = janus_core.lmm.model.get_image_features(pixel_values=pixels.bfloat16()).pooler_output
+            assert torch.equal(janus_core.item_representations(items), expected)
+    finally:
+        janus_core.backbone = backbone
 
 
 def test_readme_real_checkpoint_command_end_to_end(janus_data, tmp_path):

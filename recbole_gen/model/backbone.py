@@ -3,9 +3,9 @@
 ``lmm_path: ~`` builds a tiny random-initialised Janus from the ``lmm_*`` / ``vq_*`` config keys (all
 sizes cast to int: transformers' config classes are strict) with a byte-level tokenizer, since no text
 tokenizer is available offline. ``lmm_path: <folder>`` loads a Hugging Face-format Janus / Janus-Pro
-checkpoint (``from_pretrained``) and its tokenizer from that folder. Everything downstream uses only
-the APIs both share: ``model.model.language_model`` (a Llama decoder), ``get_input_embeddings``,
-``model.model.get_image_features``, ``prepare_embeddings_for_image_generation``,
+checkpoint (``from_pretrained``), its tokenizer and its image processor's normalisation from that folder.
+Everything downstream uses only the APIs both share: ``model.model.language_model`` (a Llama decoder),
+``get_input_embeddings``, ``model.model.get_image_features``, ``prepare_embeddings_for_image_generation``,
 ``model.model.generation_head``, ``model.lm_head`` and ``model.model.vqmodel``.
 """
 import json
@@ -18,6 +18,8 @@ from transformers import JanusConfig, JanusForConditionalGeneration, JanusVision
 from recbole_gen.model.vq import build_vq_config
 
 BYTE_TOKENIZER_FILE = "genlmm_byte_tokenizer.json"
+#: Janus's image normalisation (every Janus / Janus-Pro image processor: mean 0.5, std 0.5, pixels to [-1, 1])
+JANUS_NORMALISATION = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}
 
@@ -90,6 +92,13 @@ class Backbone:
     grid: int
     codebook_size: int
     is_pretrained: bool
+    image_mean: tuple
+    image_std: tuple
+
+    def normalise(self, pixels):
+        """Pixels ``[N, 3, S, S]`` in [0, 1] -> the vision tower's input, normalised as its image processor does."""
+        mean, std = (pixels.new_tensor(values).view(-1, 1, 1) for values in (self.image_mean, self.image_std))
+        return (pixels - mean) / std
 
 
 def tiny_janus_config(settings):
@@ -113,6 +122,21 @@ def tiny_janus_config(settings):
                        image_token_id=tokenizer.special["<image_placeholder>"], tie_word_embeddings=False)
 
 
+def image_normalisation(folder):
+    """Per-channel mean and std of the checkpoint's image processor: what its vision tower was trained on."""
+    from transformers import AutoImageProcessor
+
+    try:
+        processor = AutoImageProcessor.from_pretrained(folder)
+    except OSError as error:
+        raise FileNotFoundError(f"lmm_path '{folder}' has no image processor (preprocessor_config.json or "
+                                f"processor_config.json), so the vision tower's input normalisation is unknown; a Hugging "
+                                f"Face Janus / Janus-Pro snapshot has one") from error
+    if not processor.do_normalize:
+        return (0.0,) * 3, (1.0,) * 3
+    return tuple(processor.image_mean), tuple(processor.image_std)
+
+
 def build_backbone(settings):
     """The Janus model and its tokenizer, untrained (a tiny model's image tokenizer is trained as an artifact).
     A tiny model is initialised under its own RNG (``base_seed``), so rebuilding it gives the same weights
@@ -129,6 +153,7 @@ def build_backbone(settings):
             )
         model = JanusForConditionalGeneration.from_pretrained(folder, dtype=dtype)
         tokenizer = ByteTokenizer() if (folder / BYTE_TOKENIZER_FILE).is_file() else HFTokenizer(folder)
+        mean, std = image_normalisation(folder)
         pretrained = True
     else:
         with torch.random.fork_rng(devices=[]):
@@ -136,16 +161,22 @@ def build_backbone(settings):
             model = JanusForConditionalGeneration(tiny_janus_config(settings))
         model = model.to(dtype)
         tokenizer = ByteTokenizer()
+        mean, std = JANUS_NORMALISATION
         pretrained = False
     vision = model.config.vision_config
     grid = vision.image_size // vision.patch_size
     return Backbone(model=model, tokenizer=tokenizer, image_size=int(vision.image_size), grid=int(grid),
-                    codebook_size=int(model.config.vq_config.num_embeddings), is_pretrained=pretrained)
+                    codebook_size=int(model.config.vq_config.num_embeddings), is_pretrained=pretrained, image_mean=mean,
+                    image_std=std)
 
 
 def save_tiny_checkpoint(backbone, folder):
-    """``save_pretrained`` plus the byte tokenizer marker: a folder ``lmm_path`` can load."""
+    """``save_pretrained`` plus the byte tokenizer marker and Janus's image processor: a folder ``lmm_path`` can load."""
+    from transformers import JanusImageProcessor
+
     backbone.model.save_pretrained(folder)
+    size, (mean, std) = backbone.image_size, JANUS_NORMALISATION
+    JanusImageProcessor(size={"height": size, "width": size}, image_mean=list(mean), image_std=list(std)).save_pretrained(folder)
     if isinstance(backbone.tokenizer, ByteTokenizer):
         backbone.tokenizer.save(folder)
     return Path(folder)

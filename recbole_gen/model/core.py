@@ -237,8 +237,8 @@ class GenLMMCore(ItemContent, nn.Module):
         if mode == "vq":
             return self.lmm.prepare_embeddings_for_image_generation(self.tokens_of(items))
         vision = self.lmm.model.vision_model
-        pixels = resize(self.item_pixels(items), self.backbone.image_size).to(items.device)
-        return self.lmm.model.get_image_features(pixel_values=(pixels * 2 - 1).to(next(vision.parameters()).dtype)).pooler_output
+        pixels = self.backbone.normalise(resize(self.item_pixels(items), self.backbone.image_size).to(items.device))
+        return self.lmm.model.get_image_features(pixel_values=pixels.to(next(vision.parameters()).dtype)).pooler_output
 
     def prompt_embeds(self, histories, prompt=None):
         device = self.lmm.device
