@@ -84,7 +84,7 @@ def janus_tokenizer():
 
 def write_janus_pro(out, size="fixture", seed=0, device="cpu"):
     """Write the folder ``out`` (config.json, model.safetensors in bf16 as published, tokenizer, processor files);
-    returns its path. ``device``: where the random weights are drawn (Janus-Pro-1B's 2.1B: a GPU is much faster)."""
+    returns its path. ``device``: where the random weights are drawn (Janus-Pro-1B's 1.9B: a GPU is much faster)."""
     import torch
     from transformers import JanusForConditionalGeneration, JanusImageProcessor, JanusProcessor
 

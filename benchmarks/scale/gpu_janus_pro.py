@@ -9,14 +9,15 @@ items), one evaluation with the image metrics, one RL step from that checkpoint,
     python benchmarks/scale/gpu_janus_pro.py run --data .gpu-janus --out DIR   # GPU machine: Janus-Pro-1B's full sizes
     python benchmarks/scale/gpu_janus_pro.py run --data .gpu-janus --out DIR --tiny   # the CPU fixture (tests run this)
 
-The checkpoint folder is written by ``save_pretrained`` on the machine that runs it (Janus-Pro-1B: 2.1B parameters,
-4.2 GB in bf16), so no weights travel. The GPU machine has no RecBole, faiss, peft or emoji font: the dataset is
+The checkpoint folder is written by ``save_pretrained`` on the machine that runs it (Janus-Pro-1B's shapes: 1.9B
+parameters, 3.7 GB in bf16), so no weights travel. The GPU machine has no RecBole, faiss, peft or emoji font: the dataset is
 prepared beside the code and the packages travel as wheels (benchmarks/scale/README.md has the commands).
 """
 import contextlib
 import json
 import platform
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -67,8 +68,11 @@ class Stages:
             entry["peak_gib"] = round(torch.cuda.max_memory_allocated(self.device) / 2 ** 30, 2)
         else:
             entry["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)
-        self.path.write_text(json.dumps(self.report, indent=1) + "\n")
+        self.save()
         print(json.dumps({name: entry}), flush=True)
+
+    def save(self):
+        self.path.write_text(json.dumps(self.report, indent=1) + "\n")
 
 
 def _pngs(folder):
@@ -93,9 +97,9 @@ def run(data, out, tiny=False):
     out = Path(out)
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     size = "fixture" if tiny else "1b"
-    report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-              "torch": torch.__version__, "transformers": transformers.__version__, "size": size,
-              "started": time.strftime("%Y-%m-%d %H:%M:%S"), "stages": {}}
+    report = {"command": "python " + " ".join(sys.argv), "size": size,
+              "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+              "torch": torch.__version__, "transformers": transformers.__version__, "uptime_start": _uptime(), "stages": {}}
     stages = Stages(device, report, out / "janus_pro.json")
     with stages("write checkpoint") as entry:
         folder = write_janus_pro(out / f"Janus-Pro-{size}", size, device=device)
@@ -124,7 +128,13 @@ def run(data, out, tiny=False):
         main(generate + ["--model-file", str(out / "exported"), "--out", str(out / "regenerated")])
         again = _pngs(out / "regenerated")
         entry["same_images"] = again.keys() == drawn.keys() and all(np.array_equal(again[k], drawn[k]) for k in drawn)
+    report["uptime_end"] = _uptime()
+    stages.save()
     return report
+
+
+def _uptime():
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
 def _rounded(result):
