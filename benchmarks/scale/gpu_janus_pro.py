@@ -108,8 +108,7 @@ def run(data, out, tiny=False):
                             checkpoint_dir=str(out / "saved"), log_dir=str(out / "log"), eval_step=0)
     with stages("sft + test") as entry:
         sft = run_recbole(model="GenLMM", dataset="gtiny", config_dict=config)
-        rows, seconds = sft["train_throughput"]["rows"], sft["train_throughput"]["seconds"]
-        steps = -(-rows // (config["train_batch_size"] * config["gradient_accumulation_steps"]))
+        steps, seconds = sft["train_steps"], sft["train_throughput"]["seconds"]
         adapter = [v for k, v in load_checkpoint(sft["model_file"])["state_dict"].items() if ".lora_B." in k]
         entry.update(optimizer_steps=steps, step_seconds=round(seconds / steps, 2), test_seconds=round(sft["test_seconds"], 2),
                      test=_rounded(sft["test_result"]), adapter_trained=any(bool(v.abs().sum() > 0) for v in adapter))
