@@ -47,17 +47,17 @@ def test_tokenizer_carries_janus_pros_special_tokens_and_chat_layout(janus_pro, 
     assert tokenizer.special == {"<bos>": SPECIAL_IDS[BOS], "<eos>": SPECIAL_IDS[EOS], "<pad>": SPECIAL_IDS[PAD],
                                  "<begin_of_image>": SPECIAL_IDS[BOI], "<end_of_image>": SPECIAL_IDS[EOI],
                                  "<image_placeholder>": SPECIAL_IDS[IMAGE]}
-    before, after = tokenizer.user_turn
-    assert tokenizer.decode(before) == "<|User|>: " and tokenizer.decode(after) == "\n\n<|Assistant|>:"
+    assert tokenizer.user_turn == ("<|User|>: ", "\n\n<|Assistant|>:")
 
     core = janus_core
     assert (core.backbone.image_size, core.backbone.grid, core.num_image_tokens) == (384, 24, 576)
     ids, mask = core.prompt.batch([[1, 2], []])
     bos, boi, eoi, slot = (SPECIAL_IDS[token] for token in (BOS, BOI, EOI, IMAGE))
-    head = [bos] + before + tokenizer.encode("Draw the next item.")
-    item = [boi] + [slot] * 576 + [eoi]
-    assert ids[0].tolist() == head + item + item + after + [boi]
-    assert ids[1][mask[1].bool()].tolist() == head + after + [boi]  # the unconditional prompt, left-padded
+    head = [bos] + tokenizer.encode("<|User|>: Draw the next item.")
+    item, close = [boi] + [slot] * 576 + [eoi], tokenizer.encode("\n\n<|Assistant|>:")
+    assert [head[1], close[2]] == tokenizer.tokenizer.convert_tokens_to_ids(["<|User|>", "<|Assistant|>"])  # one token each
+    assert ids[0].tolist() == head + item + item + close + [boi]
+    assert ids[1][mask[1].bool()].tolist() == head + close + [boi]  # the unconditional prompt, left-padded
     assert (ids[1][~mask[1].bool()] == SPECIAL_IDS[PAD]).all()
 
 

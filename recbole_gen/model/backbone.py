@@ -32,7 +32,7 @@ class ByteTokenizer:
     def __init__(self):
         self.special = {name: i for i, name in enumerate(self.SPECIALS)}
         self.vocab_size = len(self.SPECIALS) + 256
-        self.user_turn = ([], [])
+        self.user_turn = ("", "")
 
     def encode(self, text):
         return [len(self.SPECIALS) + b for b in text.encode("utf-8")]
@@ -46,7 +46,7 @@ class ByteTokenizer:
 
 class HFTokenizer:
     """A checkpoint's own tokenizer: Janus's image tokens (``<begin_of_image>``, ``<end_of_image>``,
-    ``<image_placeholder>``) and BOS / EOS / pad, and ``user_turn``: the ids before and after a user message in its
+    ``<image_placeholder>``) and BOS / EOS / pad, and ``user_turn``: the text before and after a user message in its
     chat template with the assistant's turn opened (Janus-Pro: ``<|User|>: `` ... ``\n\n<|Assistant|>:``), the layout
     the checkpoint was trained to draw after."""
 
@@ -71,11 +71,11 @@ class HFTokenizer:
 
     def _user_turn(self):
         if not self.tokenizer.chat_template:
-            return [], []
+            return "", ""
         message = [{"role": "user", "content": [{"type": "text", "text": self.MESSAGE}]}]
-        text = self.tokenizer.apply_chat_template(message, add_generation_prompt=True, tokenize=False)
-        before, _, after = text.partition(self.MESSAGE)
-        return self.encode(before), self.encode(after)
+        before, _, after = self.tokenizer.apply_chat_template(message, add_generation_prompt=True,
+                                                              tokenize=False).partition(self.MESSAGE)
+        return before, after
 
     def encode(self, text):
         return self.tokenizer.encode(text, add_special_tokens=False)

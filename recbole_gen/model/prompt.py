@@ -27,7 +27,8 @@ class PromptBuilder:
         self.eos = special.get("<eos>", self.pad)
         self.boi, self.eoi = special["<begin_of_image>"], special["<end_of_image>"]
         self.slot = special["<image_placeholder>"]
-        self.turn_open, self.turn_close = tokenizer.user_turn
+        self.turn_open, turn_close = tokenizer.user_turn
+        self.turn_close = tokenizer.encode(turn_close)
         self.sep = special.get("<sep>")
         self.tokens_per_item = int(tokens_per_item)
         self.head = self._head(instruction)
@@ -44,7 +45,7 @@ class PromptBuilder:
         return other
 
     def _head(self, instruction):
-        return [self.bos] + self.turn_open + (self.tokenizer.encode(instruction) if instruction else [])
+        return [self.bos] + self.tokenizer.encode(self.turn_open + (instruction or ""))
 
     def item_ids(self, item):
         ids = [self.boi] + [self.slot] * self.tokens_per_item + [self.eoi]
