@@ -77,15 +77,16 @@ def run(data, out, tiny=False):
         raise SystemExit("some runs failed (see gpu_smoke.json)")
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def command_line(description, prepare, run, data, tiny):
+    """The two steps of a prepared GPU script: ``prepare --out DIR`` here, ``run --data DIR --out DIR [--tiny]`` there."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("step", choices=["prepare", "run"])
-    parser.add_argument("--data", default=".gpu", help="where `prepare` wrote the dataset")
+    parser.add_argument("--data", default=data, help="where `prepare` wrote the dataset")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--tiny", action="store_true", help="the test suite's model sizes (a CPU check of the script)")
+    parser.add_argument("--tiny", action="store_true", help=tiny)
     args = parser.parse_args()
     prepare(args.out) if args.step == "prepare" else run(args.data, args.out, args.tiny)
 
 
 if __name__ == "__main__":
-    main()
+    command_line(__doc__.splitlines()[0], prepare, run, ".gpu", "the test suite's model sizes (a CPU check of the script)")

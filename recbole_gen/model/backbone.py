@@ -3,9 +3,9 @@
 ``lmm_path: ~`` builds a tiny random-initialised Janus from the ``lmm_*`` / ``vq_*`` config keys (all
 sizes cast to int: transformers' config classes are strict) with a byte-level tokenizer, since no text
 tokenizer is available offline. ``lmm_path: <folder>`` loads a Hugging Face-format Janus / Janus-Pro
-checkpoint (``from_pretrained``) and its tokenizer from that folder. Everything downstream uses only
-the APIs both share: ``model.model.language_model`` (a Llama decoder), ``get_input_embeddings``,
-``model.model.get_image_features``, ``prepare_embeddings_for_image_generation``,
+checkpoint (``from_pretrained``), its tokenizer and its image processor's normalisation from that folder.
+Everything downstream uses only the APIs both share: ``model.model.language_model`` (a Llama decoder),
+``get_input_embeddings``, ``model.model.get_image_features``, ``prepare_embeddings_for_image_generation``,
 ``model.model.generation_head``, ``model.lm_head`` and ``model.model.vqmodel``.
 """
 import json
@@ -18,18 +18,21 @@ from transformers import JanusConfig, JanusForConditionalGeneration, JanusVision
 from recbole_gen.model.vq import build_vq_config
 
 BYTE_TOKENIZER_FILE = "genlmm_byte_tokenizer.json"
+#: Janus's image normalisation (every Janus / Janus-Pro image processor: mean 0.5, std 0.5, pixels to [-1, 1])
+JANUS_NORMALISATION = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}
 
 
 class ByteTokenizer:
-    """UTF-8 bytes shifted past a few special tokens: a text tokenizer that needs no files."""
+    """UTF-8 bytes shifted past a few special tokens: a text tokenizer that needs no files (and no chat layout)."""
 
     SPECIALS = ("<pad>", "<bos>", "<eos>", "<begin_of_image>", "<end_of_image>", "<image_placeholder>", "<sep>", "<unk>")
 
     def __init__(self):
         self.special = {name: i for i, name in enumerate(self.SPECIALS)}
         self.vocab_size = len(self.SPECIALS) + 256
+        self.user_turn = ("", "")
 
     def encode(self, text):
         return [len(self.SPECIALS) + b for b in text.encode("utf-8")]
@@ -42,19 +45,37 @@ class ByteTokenizer:
 
 
 class HFTokenizer:
-    """A checkpoint's own tokenizer (Janus-Pro: ``<begin_of_image>``, ``<end_of_image>``, ``<image_placeholder>``)."""
+    """A checkpoint's own tokenizer: Janus's image tokens (``<begin_of_image>``, ``<end_of_image>``,
+    ``<image_placeholder>``) and BOS / EOS / pad, and ``user_turn``: the text before and after a user message in its
+    chat template with the assistant's turn opened (Janus-Pro: ``<|User|>: `` ... ``\n\n<|Assistant|>:``), the layout
+    the checkpoint was trained to draw after."""
+
+    IMAGE_TOKENS = ("<begin_of_image>", "<end_of_image>", "<image_placeholder>")
+    MESSAGE = "\x00message\x00"  # stands for the prompt while the chat template is rendered
 
     def __init__(self, folder):
         from transformers import AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        tok = self.tokenizer
+        self.tokenizer = tok = AutoTokenizer.from_pretrained(folder)
+        vocabulary = tok.get_vocab()
+        missing = [token for token in self.IMAGE_TOKENS if token not in vocabulary]
+        if missing:
+            raise ValueError(f"the tokenizer in lmm_path '{folder}' has no {', '.join(missing)}: it is not a Janus / "
+                             f"Janus-Pro tokenizer (its tokenizer.json must hold Janus's image tokens)")
         names = {"<pad>": tok.pad_token or tok.eos_token, "<bos>": tok.bos_token, "<eos>": tok.eos_token,
-                 "<begin_of_image>": "<begin_of_image>", "<end_of_image>": "<end_of_image>",
-                 "<image_placeholder>": "<image_placeholder>"}
+                 **{token: token for token in self.IMAGE_TOKENS}}
         self.special = {name: tok.convert_tokens_to_ids(token) for name, token in names.items() if token is not None}
         self.special.setdefault("<pad>", 0)
         self.vocab_size = len(tok)
+        self.user_turn = self._user_turn()
+
+    def _user_turn(self):
+        if not self.tokenizer.chat_template:
+            return "", ""
+        message = [{"role": "user", "content": [{"type": "text", "text": self.MESSAGE}]}]
+        before, _, after = self.tokenizer.apply_chat_template(message, add_generation_prompt=True,
+                                                              tokenize=False).partition(self.MESSAGE)
+        return before, after
 
     def encode(self, text):
         return self.tokenizer.encode(text, add_special_tokens=False)
@@ -71,6 +92,13 @@ class Backbone:
     grid: int
     codebook_size: int
     is_pretrained: bool
+    image_mean: tuple
+    image_std: tuple
+
+    def normalise(self, pixels):
+        """Pixels ``[N, 3, S, S]`` in [0, 1] -> the vision tower's input, normalised as its image processor does."""
+        mean, std = (pixels.new_tensor(values).view(-1, 1, 1) for values in (self.image_mean, self.image_std))
+        return (pixels - mean) / std
 
 
 def tiny_janus_config(settings):
@@ -94,6 +122,21 @@ def tiny_janus_config(settings):
                        image_token_id=tokenizer.special["<image_placeholder>"], tie_word_embeddings=False)
 
 
+def image_normalisation(folder):
+    """Per-channel mean and std of the checkpoint's image processor: what its vision tower was trained on."""
+    from transformers import AutoImageProcessor
+
+    try:
+        processor = AutoImageProcessor.from_pretrained(folder)
+    except OSError as error:
+        raise FileNotFoundError(f"lmm_path '{folder}' has no image processor (preprocessor_config.json or "
+                                f"processor_config.json), so the vision tower's input normalisation is unknown; a Hugging "
+                                f"Face Janus / Janus-Pro snapshot has one") from error
+    if not processor.do_normalize:
+        return (0.0,) * 3, (1.0,) * 3
+    return tuple(processor.image_mean), tuple(processor.image_std)
+
+
 def build_backbone(settings):
     """The Janus model and its tokenizer, untrained (a tiny model's image tokenizer is trained as an artifact).
     A tiny model is initialised under its own RNG (``base_seed``), so rebuilding it gives the same weights
@@ -110,6 +153,7 @@ def build_backbone(settings):
             )
         model = JanusForConditionalGeneration.from_pretrained(folder, dtype=dtype)
         tokenizer = ByteTokenizer() if (folder / BYTE_TOKENIZER_FILE).is_file() else HFTokenizer(folder)
+        mean, std = image_normalisation(folder)
         pretrained = True
     else:
         with torch.random.fork_rng(devices=[]):
@@ -117,16 +161,22 @@ def build_backbone(settings):
             model = JanusForConditionalGeneration(tiny_janus_config(settings))
         model = model.to(dtype)
         tokenizer = ByteTokenizer()
+        mean, std = JANUS_NORMALISATION
         pretrained = False
     vision = model.config.vision_config
     grid = vision.image_size // vision.patch_size
     return Backbone(model=model, tokenizer=tokenizer, image_size=int(vision.image_size), grid=int(grid),
-                    codebook_size=int(model.config.vq_config.num_embeddings), is_pretrained=pretrained)
+                    codebook_size=int(model.config.vq_config.num_embeddings), is_pretrained=pretrained, image_mean=mean,
+                    image_std=std)
 
 
 def save_tiny_checkpoint(backbone, folder):
-    """``save_pretrained`` plus the byte tokenizer marker: a folder ``lmm_path`` can load."""
+    """``save_pretrained`` plus the byte tokenizer marker and Janus's image processor: a folder ``lmm_path`` can load."""
+    from transformers import JanusImageProcessor
+
     backbone.model.save_pretrained(folder)
+    size, (mean, std) = backbone.image_size, JANUS_NORMALISATION
+    JanusImageProcessor(size={"height": size, "width": size}, image_mean=list(mean), image_std=list(std)).save_pretrained(folder)
     if isinstance(backbone.tokenizer, ByteTokenizer):
         backbone.tokenizer.save(folder)
     return Path(folder)

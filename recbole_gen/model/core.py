@@ -107,7 +107,14 @@ class GenLMMCore(ItemContent, nn.Module):
         """Run one of this module's computations (``"loss"``, ``"generate_tokens"``, ``"decode"``, ...) as its
         ``forward``: under ``dist_strategy: fsdp`` (:mod:`recbole_gen.model.sharding`) the root's hooks gather the
         sharded parameters around a forward, so every use of a sharded core goes through here."""
-        return getattr(self, method)(*args, **kwargs)
+        with self.autocast():
+            return getattr(self, method)(*args, **kwargs)
+
+    def autocast(self):
+        """Compute in ``dtype`` (bf16 / fp16; a no-op for fp32), where the float32 trained parameters
+        (:meth:`_float32_trained`) meet the frozen backbone's weights in that dtype."""
+        dtype = DTYPES[self.settings.dtype.lower()]
+        return torch.autocast(self.lmm.device.type, dtype=dtype, enabled=dtype != torch.float32)
 
     def shard(self):
         """FSDP2: each decoder layer of the language model one unit, the rest of this module the root."""
@@ -163,6 +170,14 @@ class GenLMMCore(ItemContent, nn.Module):
         if s.plan == "semantic":
             self.saved_parameters.add("plan_code")
         self.has_rl_adapter = False
+        self._float32_trained()
+
+    def _float32_trained(self):
+        """Trained parameters are float32 whatever ``dtype`` (master weights; :meth:`forward` computes in ``dtype``):
+        in bf16, an AdamW step of ~1e-4 is below half a unit of the last place of most weights and rounds away."""
+        for param in self.parameters():
+            if param.requires_grad:
+                param.data = param.data.float()
 
     def _lora_config(self):
         from peft import LoraConfig
@@ -195,6 +210,7 @@ class GenLMMCore(ItemContent, nn.Module):
             param.requires_grad_(f".{RL_ADAPTER}." in name)
         self.saved_parameters |= {n for n, p in self.named_parameters() if p.requires_grad}
         self.has_rl_adapter = True
+        self._float32_trained()
 
     @contextmanager
     def reference_policy(self):
@@ -240,8 +256,8 @@ class GenLMMCore(ItemContent, nn.Module):
         if mode == "vq":
             return self.lmm.prepare_embeddings_for_image_generation(self.tokens_of(items))
         vision = self.lmm.model.vision_model
-        pixels = resize(self.item_pixels(items), self.backbone.image_size).to(items.device)
-        return self.lmm.model.get_image_features(pixel_values=(pixels * 2 - 1).to(next(vision.parameters()).dtype)).pooler_output
+        pixels = self.backbone.normalise(resize(self.item_pixels(items), self.backbone.image_size).to(items.device))
+        return self.lmm.model.get_image_features(pixel_values=pixels.to(next(vision.parameters()).dtype)).pooler_output
 
     def prompt_embeds(self, histories, prompt=None):
         device = self.lmm.device

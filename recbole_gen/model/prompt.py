@@ -2,9 +2,11 @@
 
 One prompt (ids; ``<img>`` marks a slot that receives a history item's representation)::
 
-    <bos> instruction  { <begin_of_image> <img>*k <end_of_image> [title <sep>] } per history item  <begin_of_image>
+    <bos> [turn] instruction  { <begin_of_image> <img>*k <end_of_image> [title <sep>] } per history item  [turn] <begin_of_image>
 
-and the target image's tokens follow the final ``<begin_of_image>``. The unconditional prompt used by
+and the target image's tokens follow the final ``<begin_of_image>``. ``[turn]``: what the tokenizer's chat template puts
+before and after a user message (Janus-Pro: ``<|User|>: `` and ``\n\n<|Assistant|>:``, the layout it was trained to draw
+after; the byte tokenizer of the tiny model has none). The unconditional prompt used by
 classifier-free guidance (and by ``cond_dropout`` in training) is the same with no history items.
 Rows are left-padded so every prompt ends at the same position and generation is batched.
 """
@@ -25,6 +27,8 @@ class PromptBuilder:
         self.eos = special.get("<eos>", self.pad)
         self.boi, self.eoi = special["<begin_of_image>"], special["<end_of_image>"]
         self.slot = special["<image_placeholder>"]
+        self.turn_open, turn_close = tokenizer.user_turn
+        self.turn_close = tokenizer.encode(turn_close)
         self.sep = special.get("<sep>")
         self.tokens_per_item = int(tokens_per_item)
         self.head = self._head(instruction)
@@ -41,7 +45,7 @@ class PromptBuilder:
         return other
 
     def _head(self, instruction):
-        return [self.bos] + self.tokenizer.encode(instruction) if instruction else [self.bos]
+        return [self.bos] + self.tokenizer.encode(self.turn_open + (instruction or ""))
 
     def item_ids(self, item):
         ids = [self.boi] + [self.slot] * self.tokens_per_item + [self.eoi]
@@ -53,7 +57,7 @@ class PromptBuilder:
         ids = list(self.head)
         for item in items:
             ids += self.item_ids(item)
-        return ids + [self.boi]
+        return ids + self.turn_close + [self.boi]
 
     def length(self, items):
         return len(self.row(items))

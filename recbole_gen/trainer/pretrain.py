@@ -28,7 +28,7 @@ def pretrain(core, steps, batch_size, learning_rate, seed, instruction, log_ever
 
     def loss(items):
         histories = [[] for _ in items] if core.has_plan else [[i] for i in items.tolist()]
-        return core.loss(histories, items, prompt=prompt, parts=True)["image"].mean()
+        return core("loss", histories, items, prompt=prompt, parts=True)["image"].mean()
 
     return _train(core, loss, core.item_num - 1, steps, batch_size, learning_rate, seed, "catalogue pre-training",
                   log_every, offset=1)
@@ -42,8 +42,8 @@ def plan_stage(core, histories, targets, steps, batch_size, learning_rate, seed,
 
     def loss(rows):
         rows = rows.cpu()
-        return core.plan_only_loss([histories[r] for r in rows.tolist()], targets[rows].to(core.lmm.device),
-                                   None if exclude is None else exclude[rows])
+        return core("plan_only_loss", [histories[r] for r in rows.tolist()], targets[rows].to(core.lmm.device),
+                    None if exclude is None else exclude[rows])
 
     return _train(core, loss, len(histories), steps, batch_size, learning_rate, seed, "plan stage", log_every)
 

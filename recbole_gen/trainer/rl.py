@@ -218,11 +218,12 @@ class RolloutTrainer(GenLMMTrainer):
         histories = model.core.histories(item_seq, item_len)
         self.model.eval()
         with self.rollout_policy() as policy:
-            tokens, plans = policy.generate_tokens(
-                histories, num_samples=G, guidance_scale=rl.rl_guidance_scale, temperature=rl.rl_temperature,
-                top_k=rl.rl_top_k, top_p=rl.rl_top_p, seed=(rl.rl_seed * 100_003 + self.rl_step) * world + rank,
+            tokens, plans = policy(
+                "generate_tokens", histories, num_samples=G, guidance_scale=rl.rl_guidance_scale,
+                temperature=rl.rl_temperature, top_k=rl.rl_top_k, top_p=rl.rl_top_p,
+                seed=(rl.rl_seed * 100_003 + self.rl_step) * world + rank,
                 plan_temperature=model.settings.plan_temperature, exclude=None if model.repeatable else item_seq)
-        rollout = Rollout(model.core.decode(tokens), plans, batch[self.config["USER_ID_FIELD"]], item_seq, item_len,
+        rollout = Rollout(model.core("decode", tokens), plans, batch[self.config["USER_ID_FIELD"]], item_seq, item_len,
                           batch[model.POS_ITEM_ID])
         components, total = self.rewards(rollout)
         if any_rank(self.config, not torch.isfinite(total).all()):
@@ -258,7 +259,7 @@ class RolloutTrainer(GenLMMTrainer):
         """Log-probabilities of each sample's whole action, plan (if any) then image tokens: ``[N, (1 +) T]``, and
         the policy's entropy per image token ``[N, T]``."""
         histories, tokens, plans = samples
-        logp, plan_logp, entropy = policy.token_logprobs(histories, tokens, plans, temperature, plan_temperature)
+        logp, plan_logp, entropy = policy("token_logprobs", histories, tokens, plans, temperature, plan_temperature)
         return (torch.cat([plan_logp.unsqueeze(1), logp], 1) if self.model.core.has_plan else logp), entropy
 
     def reference_policy(self):
