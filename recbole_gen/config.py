@@ -80,14 +80,6 @@ class Config(RecBoleConfig):
             raise ConfigError(f"{file}: a config file holds 'key: value' lines, not a {type(values).__name__}")
         return values or {}
 
-    def _set_default_parameters(self):
-        """RecBole's derived settings; what RecBole refuses there (``topk: [0]``, an unknown ``valid_metric``...)
-        is a :class:`ConfigError`."""
-        try:
-            super()._set_default_parameters()
-        except (ValueError, TypeError) as error:
-            raise ConfigError(str(error)) from None
-
     def _get_final_config_dict(self):
         """RecBole 1.2.1's defaults contradict themselves for CE-loss models (SASRec, GRU4Rec...):
         overall.yaml samples training negatives, which ``_set_default_parameters`` then refuses.
@@ -99,11 +91,15 @@ class Config(RecBoleConfig):
         return final
 
     def _set_default_parameters(self):
-        """RecBole 1.2.1 refuses ``repeatable: False`` for sequential models, since its sequential evaluation cannot
-        mask a user's past items; recbole-gen's can (:mod:`recbole_gen.data.dataloader`), so the value stands."""
+        """RecBole's derived settings. RecBole 1.2.1 refuses ``repeatable: False`` for sequential models, since its
+        sequential evaluation cannot mask a user's past items; recbole-gen's can (:mod:`recbole_gen.data.dataloader`),
+        so the value stands. What RecBole refuses there (``topk: [0]``...) is a :class:`ConfigError`."""
         repeatable = self.final_config_dict["repeatable"]
         self.final_config_dict["repeatable"] = True
-        super()._set_default_parameters()
+        try:
+            super()._set_default_parameters()
+        except (ValueError, TypeError) as error:
+            raise ConfigError(str(error)) from None
         self.final_config_dict["repeatable"] = repeatable
 
     def _get_model_and_dataset(self, model, dataset):
