@@ -136,7 +136,7 @@ def run_recbole(model=None, dataset=None, config_file_list=None, config_dict=Non
         "best_valid_result": best_valid_result,
         "test_result": test_result,
         "model_file": trainer.saved_model_file if saved else None,
-        "epochs": len(trainer.train_loss_dict),
+        "epochs": len(getattr(trainer, "train_loss_dict", {})),  # RecBole's decision-tree trainers boost, no epochs
         "train_steps": optimizer_steps(trainer, train_data),
         "train_seconds": trained - started,
         "train_throughput": getattr(trainer, "throughput", {}),  # generative trainers: rows and tokens per second
@@ -155,7 +155,7 @@ def optimizer_steps(trainer, train_data):
     """The optimizer steps a fit took: recbole-gen's trainers count them (``optimizer_steps``); RecBole's step once
     per training batch of every epoch."""
     steps = getattr(trainer, "optimizer_steps", None)
-    return steps if steps is not None else len(trainer.train_loss_dict) * len(train_data)
+    return steps if steps is not None else len(getattr(trainer, "train_loss_dict", {})) * len(train_data)
 
 
 def estimated_flops(model, dataset, config, logger):

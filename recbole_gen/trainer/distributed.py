@@ -128,8 +128,10 @@ class DistributedMixin:
         self.saved_model_file = broadcast_from_rank0(self.saved_model_file)
 
     def _save_checkpoint(self, epoch, *args, **kwargs):
-        # RecBole's decision-tree trainers (LightGBM, XGBoost) have no optimizer and save without ``verbose``
-        with full_state_dicts(self.model, getattr(self, "optimizer", None)):
+        # RecBole's decision-tree trainers (LightGBM, XGBoost) hold a booster, not a torch model, have no optimizer
+        # and save without ``verbose``
+        optimizer = getattr(self, "optimizer", None)
+        with contextlib.nullcontext() if optimizer is None else full_state_dicts(self.model, optimizer):
             super()._save_checkpoint(epoch, *args, **kwargs)
         barrier()
 
