@@ -9,7 +9,6 @@ import hashlib
 import http.server
 import io
 import json
-import math
 import os
 import re
 import signal

@@ -47,7 +47,7 @@ def build_vq_config(settings, image_token_embed_dim=64, projection_dim=64):
     return JanusVQVAEConfig(
         embed_dim=settings.vq_embed_dim, num_embeddings=settings.vq_codebook_size,
         latent_channels=settings.vq_latent_channels, base_channels=settings.vq_base_channels,
-        channel_multiplier=[1] + [2] * downs, num_res_blocks=1, num_patches=grid,
+        channel_multiplier=[1] + [2] * downs, num_res_blocks=1, num_patches=settings.vq_grid,
         image_token_embed_dim=int(image_token_embed_dim), projection_dim=int(projection_dim),
     )
 
