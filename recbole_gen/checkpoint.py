@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from recbole_gen.files import atomic_write, atomic_write_bytes
+from recbole_gen.files import array_bytes, atomic_write, atomic_write_bytes
 
 EXPORT_FORMAT = "recbole-gen-checkpoint/1"
 
@@ -35,7 +35,8 @@ def save_checkpoint(path, state):
     """Write ``state`` (its ``config`` already plain data) atomically: an interrupted save leaves the old file."""
     if state.get("other_parameter"):
         state = {**state, "other_parameter": plain_other_parameter(state["other_parameter"])}
-    atomic_write(path, lambda f: torch.save(state, f))  # the default protocol: the weights-only unpickler reads it
+    # torch's default protocol, which the weights-only unpickler reads
+    atomic_write(path, lambda f: torch.save(state, f), size=array_bytes(state))
     return path
 
 
@@ -121,12 +122,30 @@ def _first_line(error):
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
-def checkpoint_config(checkpoint):
-    """The run's :class:`recbole_gen.config.Config` from a checkpoint (plain data, or a trusted pickled Config)."""
-    from recbole_gen.config import Config
+def _summary(error, limit=300):
+    """``error``'s message on one line, cut at ``limit`` characters (torch lists every mismatching key)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def checkpoint_config(checkpoint, path, config_dict=None, checkpoint_paths=False):
+    """The run's :class:`recbole_gen.config.Config` from checkpoint ``path`` (plain data, or a trusted pickled Config):
+    its values, except where files are read and written (:data:`~recbole_gen.config.PATH_KEYS`), which come from
+    ``config_dict`` and the defaults unless ``checkpoint_paths`` (the checkpoint's own, for one you wrote yourself):
+    a shared checkpoint does not choose where this machine writes."""
+    from recbole_gen.config import Config, plain_config
 
     config = checkpoint["config"]
-    return Config.from_plain(config) if isinstance(config, dict) else config
+    plain = config if isinstance(config, dict) else plain_config(config) if hasattr(config, "final_config_dict") else {}
+    if not all(isinstance(plain.get(key), str) for key in ("model", "dataset", "data_path")):
+        raise CheckpointError(f"'{path}' holds no usable config (a mapping naming its model, dataset and data_path); "
+                              f"it was not written by recbole-gen or RecBole")
+    if plain["dataset"] in ("", ".", "..") or Path(plain["dataset"]).name != plain["dataset"]:
+        raise CheckpointError(f"'{path}' names the dataset '{plain['dataset']}', which is not a folder name")
+    try:
+        return Config.from_plain(plain, config_dict, checkpoint_paths)
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"'{path}': its config cannot be rebuilt ({_summary(error)})") from None
 
 
 def export_checkpoint(path, out, trust=False):
@@ -138,8 +157,7 @@ def export_checkpoint(path, out, trust=False):
 
     checkpoint = load_checkpoint(path, trust=trust)
     config = checkpoint["config"]
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out)  # atomic_write creates it
     tensors, plain = _split_tensors(plain_other_parameter(checkpoint.get("other_parameter") or {}))
     files = {
         "config.json": json.dumps(config if isinstance(config, dict) else plain_config(config), indent=1).encode(),
@@ -168,33 +186,52 @@ def _split_tensors(other, prefix=""):
 
 
 def _load_exported(folder, map_location):
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     marker = folder / "recbole_gen.json"
-    if not marker.is_file() or json.loads(marker.read_text()).get("format") != EXPORT_FORMAT:
+    if not marker.is_file() or _json_object(marker, folder).get("format") != EXPORT_FORMAT:
         raise CheckpointError(f"'{folder}' is not an exported recbole-gen checkpoint (no {marker.name} with format "
                               f"{EXPORT_FORMAT}); export one with `recbole-gen export --model-file X --out {folder}`")
+    other, config = _json_object(folder / "other_parameter.json", folder), _json_object(folder / "config.json", folder)
     try:
-        other = json.loads((folder / "other_parameter.json").read_text())
         for key, value in load_file(folder / "other_parameter.safetensors", device=str(map_location)).items():
             *parents, leaf = key.split(".")
             node = other
             for parent in parents:
                 node = node.setdefault(parent, {})
             node[leaf] = value
-        return {"config": json.loads((folder / "config.json").read_text()),
-                "state_dict": load_file(folder / "model.safetensors", device=str(map_location)),
+        return {"config": config, "state_dict": load_file(folder / "model.safetensors", device=str(map_location)),
                 "other_parameter": _restore_other_parameter(other)}
+    except (OSError, ValueError, SafetensorError) as error:
+        raise CheckpointError(f"exported checkpoint '{folder}' is incomplete or truncated ({_first_line(error)}); "
+                              f"export it again") from None
+
+
+def _json_object(path, folder):
+    """The JSON object in ``path``, a file of exported checkpoint ``folder``."""
+    try:
+        value = json.loads(path.read_text())
     except (OSError, ValueError) as error:
-        raise CheckpointError(f"exported checkpoint '{folder}' is incomplete ({_first_line(error)})") from None
+        raise CheckpointError(f"exported checkpoint '{folder}': {path.name} cannot be read as JSON "
+                              f"({_first_line(error)}); export it again") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"exported checkpoint '{folder}': {path.name} holds a {type(value).__name__}, not a JSON "
+                              f"object; export it again")
+    return value
 
 
-def restore_model(checkpoint, dataset, config=None):
-    """The model a checkpoint holds, rebuilt on ``dataset`` (its own config unless ``config`` is given)."""
+def restore_model(checkpoint, dataset, path, config=None):
+    """The model checkpoint ``path`` holds, rebuilt on ``dataset`` (its own config unless ``config`` is given); a state
+    that does not fit the model is a :class:`CheckpointError` naming the file."""
     from recbole_gen.utils import get_model
 
-    config = config or checkpoint_config(checkpoint)
+    config = config or checkpoint_config(checkpoint, path)
     model = get_model(config["model"])(config, dataset)
-    model.load_state_dict(checkpoint["state_dict"])
-    model.load_other_parameter(checkpoint.get("other_parameter"))
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+        model.load_other_parameter(checkpoint.get("other_parameter"))
+    except (RuntimeError, KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"'{path}' does not fit the {config['model']} it names on dataset '{config['dataset']}' "
+                              f"({_summary(error)})") from None
     return model

@@ -6,6 +6,7 @@ dataset, config value, image, checkpoint or user that is wrong) end with one lin
 exit status 2, never a traceback from inside RecBole.
 """
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -14,15 +15,16 @@ import yaml
 import recbole_gen  # noqa: F401  (applies the compatibility patches first)
 from recbole_gen.checkpoint import CheckpointError
 from recbole_gen.comparison.runner import BenchmarkError
-from recbole_gen.config import ConfigError, parse_value
+from recbole_gen.config import PATH_KEYS, ConfigError, parse_value
 from recbole_gen.data.builtin import BUILDERS, DatasetFormatError, DatasetNotFoundError, build_dataset
 from recbole_gen.data.images import ItemImageError
 from recbole_gen.data.importers import DatasetImportError, add_arguments as add_import_arguments
+from recbole_gen.files import StorageError
 from recbole_gen.model.generative import NotARankerError, UnknownUserError
-from recbole_gen.utils import UnknownModelError, known_model_names
+from recbole_gen.utils import UnknownModelError, known_model_names, missing_dependency
 
 USER_ERRORS = (UnknownModelError, DatasetNotFoundError, DatasetFormatError, yaml.YAMLError, ConfigError, ItemImageError, CheckpointError,
-               UnknownUserError, NotARankerError, BenchmarkError, DatasetImportError)
+               UnknownUserError, NotARankerError, BenchmarkError, DatasetImportError, StorageError)
 
 
 class UsageError(ValueError):
@@ -40,6 +42,15 @@ def parse_overrides(args):
             raise UsageError(f"'--{key}' is given twice with different values")
         overrides[key] = value
     return {key: parse_value(value) for key, value in overrides.items()}
+
+
+def _add_checkpoint_arguments(parser):
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="also load a checkpoint that needs arbitrary unpickling (only for a file you trust)")
+    parser.add_argument("--checkpoint-paths", action="store_true",
+                        help="read and write data, logs and caches where the checkpoint's config says (data_path, "
+                             "log_dir, cache_dir, checkpoint_dir), for a checkpoint you wrote; by default they are "
+                             "this command line's (--data_path=... etc.) or the defaults")
 
 
 def _add_run_arguments(parser):
@@ -100,25 +111,73 @@ def _benchmark(args, rest):
     return 0
 
 
-def _generate(args, rest):
-    from recbole_gen.model.generative import GenerativeRecommender
+def _output_folder(path, flag):
+    """Refuse an output folder that is a file or that cannot be created or written, before any work is done."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{flag} '{path}' is a file; give a folder")
+    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise UsageError(f"{flag} '{path}' cannot be created: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} '{path}' cannot be written: {existing} is not writable by you; choose another folder")
+
+
+def _path_overrides(overrides):
+    """The ``--data_path``, ``--log_dir``, ``--cache_dir``, ``--checkpoint_dir`` among a command's overrides (taken
+    out of them): where a loaded checkpoint's run reads and writes, unless ``--checkpoint-paths``."""
+    return {key: overrides.pop(key) for key in PATH_KEYS if key in overrides}
+
+
+def _load(args, paths):
     from recbole_gen.quick_start import load_data_and_model
 
-    _, model, *_ = load_data_and_model(args.model_file, trust=args.trust_checkpoint)
-    if not isinstance(model, GenerativeRecommender):
-        raise UsageError(f"'{args.model_file}' holds a {type(model).__name__}, which ranks items and draws nothing; "
-                         f"give a generative model's checkpoint (e.g. GenLMM)")
+    return load_data_and_model(args.model_file, trust=args.trust_checkpoint, config_dict=paths,
+                               checkpoint_paths=args.checkpoint_paths)
+
+
+def _generate(args, rest):
+    from recbole_gen.model.generative import GenerativeRecommender
+
     if args.num_samples < 1:
         raise UsageError(f"--num-samples must be >= 1, got {args.num_samples}")
+    _output_folder(args.out, "--out")
+    overrides = parse_overrides(rest)
+    _, model, *_ = _load(args, _path_overrides(overrides))
+    if not isinstance(model, GenerativeRecommender):
+        raise UsageError(f"'{args.model_file}' holds a {type(model).__name__}, which ranks items and draws nothing; "
+                         f"give a generative model's checkpoint (e.g. GenLMM), or use `recbole-gen recommend`")
     result = model.generate(users=args.user, num_samples=args.num_samples, seed=args.seed, out_dir=args.out,
-                            **parse_overrides(rest))
+                            **overrides)
     print(f"wrote {len(result.manifest)} images and manifest.json to {args.out}")
+    return 0
+
+
+def _recommend(args, rest):
+    from recbole_gen.recommend import recommend
+
+    if args.k < 1 or (args.num_samples is not None and args.num_samples < 1):
+        raise UsageError(f"--k and --num-samples must be >= 1, got {args.k} and {args.num_samples}")
+    if args.out is not None:
+        _output_folder(args.out, "--out")
+    overrides = parse_overrides(rest)
+    paths = _path_overrides(overrides)
+    if overrides:
+        raise UsageError(f"unknown argument(s) for recommend: {', '.join(f'--{key}' for key in overrides)} (it takes "
+                         f"{', '.join(f'--{key}' for key in PATH_KEYS)})")
+    config, model, _, _, _, test_data = _load(args, paths)
+    print("user\timage\trank\titem\tscore")
+    for user in args.user:
+        for row in recommend(config, model, test_data, user, args.k, args.num_samples, args.seed, args.out):
+            print(f"{row['user']}\t{'' if row['image'] is None else row['image']}\t{row['rank']}\t{row['item']}\t"
+                  f"{row['score']:.4f}")
     return 0
 
 
 def _export(args, rest):
     from recbole_gen.checkpoint import export_checkpoint
 
+    _output_folder(args.out, "--out")
     out = export_checkpoint(args.model_file, args.out, trust=args.trust_checkpoint)
     print(f"exported {args.model_file} to {out}/ (config.json, model.safetensors, other_parameter.*)")
     return 0
@@ -139,6 +198,15 @@ def _guarded(handler, args, rest, prog):
     except (UsageError, *USER_ERRORS) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as error:
+        if missing_dependency(error) is None:
+            raise
+        print(f"{prog}: error: {missing_dependency(error)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted: every file written so far is complete (each is written whole or not at all); "
+              f"checkpoints of finished epochs, caches, generated images and benchmark rows are kept", file=sys.stderr)
+        return 130
 
 
 def run_recbole_main(argv=None):
@@ -173,9 +241,19 @@ def main(argv=None):
     gen.add_argument("--num-samples", type=int, default=4)
     gen.add_argument("--out", default="generated", help="folder for the PNGs and manifest.json")
     gen.add_argument("--seed", type=int, default=None, help="sampling seed (default: the checkpoint's generation_seed)")
-    gen.add_argument("--trust-checkpoint", action="store_true",
-                     help="also load a checkpoint that needs arbitrary unpickling (only for a file you trust)")
+    _add_checkpoint_arguments(gen)
     gen.set_defaults(handler=_generate)
+    rec = commands.add_parser("recommend", help="a trained model's top-k items for users (a generator: the nearest "
+                                                "catalogue items of its images)")
+    rec.add_argument("--model-file", required=True, help="a checkpoint saved by run_recbole, or an exported folder")
+    rec.add_argument("--user", action="append", required=True, help="user token (repeat for several users)")
+    rec.add_argument("--k", type=int, default=10, help="items per ranking (a generator: per image)")
+    rec.add_argument("--num-samples", type=int, default=None, help="a generator's images per user (default: the "
+                                                                   "checkpoint's num_samples)")
+    rec.add_argument("--seed", type=int, default=None, help="a generator's sampling seed")
+    rec.add_argument("--out", default=None, help="a generator: also write its images and manifest.json here")
+    _add_checkpoint_arguments(rec)
+    rec.set_defaults(handler=_recommend)
     export = commands.add_parser("export", help="write a checkpoint as a folder of config.json + safetensors")
     export.add_argument("--model-file", required=True)
     export.add_argument("--out", required=True)

@@ -11,6 +11,7 @@ import logging
 import os
 import random
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,9 @@ from recbole.utils.logger import RemoveColorFilter, log_colors_config
 from recbole.utils.utils import get_local_time
 
 import recbole
+
+from recbole_gen.compat import torch_scatter
+from recbole_gen.files import storage_errors
 
 PLUGIN_MODELS = {
     "GenLMM": "recbole_gen.model.genlmm",
@@ -34,8 +38,28 @@ _registered = {}
 _extra_properties = []
 
 
+#: packages some of RecBole's models import and RecBole does not install: the models, and how to get the package
+OPTIONAL_PACKAGES = {
+    "lightgbm": ("LightGBM and XGBoost", "pip install 'recbole-gen[exlib]'"),  # RecBole's exlib package imports both
+    "xgboost": ("LightGBM and XGBoost", "pip install 'recbole-gen[exlib]'"),
+    "dgl": ("KGAT", "install a dgl build that matches your torch (https://www.dgl.ai/pages/start.html; PyPI's "
+                    "dgl 2.1 predates torch 2.4)"),
+    "kmeans_pytorch": ("LDiffRec", "pip install kmeans-pytorch"),
+}
+
+
 class UnknownModelError(ValueError):
     """A model name that neither recbole-gen nor RecBole knows."""
+
+
+def missing_dependency(error):
+    """What to tell a user whose run stopped on ``error`` (a ``ModuleNotFoundError``) when it is an optional package
+    one of RecBole's models needs (:data:`OPTIONAL_PACKAGES`); None for any other missing module."""
+    name = (error.name or "").split(".")[0]
+    if name not in OPTIONAL_PACKAGES:
+        return None
+    models, install = OPTIONAL_PACKAGES[name]
+    return f"the package '{name}' is not installed, and RecBole's {models} import it: {install}"
 
 
 def properties_dir():
@@ -87,6 +111,8 @@ def get_model(model_name):
     if model_name in recbole_model_names():
         from recbole.utils import get_model as recbole_get_model
 
+        if model_name in torch_scatter.MODELS:
+            torch_scatter.provide()
         return recbole_get_model(model_name)
     close = difflib.get_close_matches(model_name, known_model_names(), n=5, cutoff=0.5)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
@@ -127,16 +153,30 @@ def with_mixin(base, mixin):
     return _MIXED[base, mixin]
 
 
+class LogFile(logging.FileHandler):
+    """The run's log file. A record it cannot write (a full disk) stops the run with a :class:`StorageError`
+    naming the folder, instead of logging's "--- Logging error ---" traceback per record while the run goes on
+    and its log stays empty."""
+
+    def handleError(self, record):
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            with storage_errors(Path(self.baseFilename).parent):
+                raise error
+        super().handleError(record)
+
+
 def init_logger(config):
     """RecBole's logger (same format and colours), with the folder taken from ``config['log_dir']``.
 
     RecBole hard-codes ``./log/`` and cannot re-initialise within one process; this one can.
     """
-    log_dir = config["log_dir"]
-    os.makedirs(os.path.join(log_dir, config["model"]), exist_ok=True)  # ranks start together: RecBole's ensure_dir races
+    folder = os.path.join(config["log_dir"], config["model"])
     level = getattr(logging, str(config["state"] or "INFO").upper(), logging.INFO)
     filename = f"{config['model']}-{config['dataset']}-{get_local_time()}.log"
-    file_handler = logging.FileHandler(os.path.join(log_dir, config["model"], filename))
+    with storage_errors(folder):
+        os.makedirs(folder, exist_ok=True)  # ranks start together: RecBole's ensure_dir races
+        file_handler = LogFile(os.path.join(folder, filename))
     file_handler.setFormatter(logging.Formatter("%(asctime)-15s %(levelname)s  %(message)s", "%a %d %b %Y %H:%M:%S"))
     file_handler.addFilter(RemoveColorFilter())
     import colorlog

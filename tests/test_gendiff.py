@@ -150,8 +150,8 @@ def test_run_recbole_saves_a_checkpoint_that_reloads_to_identical_images(run):
     keys = list(checkpoint["state_dict"])
     assert any(k.startswith("core.unet.") for k in keys) and any(k.startswith("core.vq.") for k in keys)
     assert checkpoint["other_parameter"]["gendiff_base"] == {"diffusers_path": None, "base_seed": 2024}
-    _, model, _, _, _, test_data = load_data_and_model(run["model_file"])
-    _, again, *_ = load_data_and_model(run["model_file"])
+    _, model, _, _, _, test_data = load_data_and_model(run["model_file"], checkpoint_paths=True)
+    _, again, *_ = load_data_and_model(run["model_file"], checkpoint_paths=True)
     first = model.generate(histories=[[1, 2, 3], []], num_samples=2, seed=5)
     assert torch.equal(first.pixels, again.generate(histories=[[1, 2, 3], []], num_samples=2, seed=5).pixels)
     assert all(torch.equal(again.state_dict()[k], checkpoint["state_dict"][k]) for k in keys)  # trained, not fresh
@@ -166,7 +166,8 @@ def test_the_generate_command_draws_from_a_checkpoint(run, tmp_path):
     from recbole_gen.cli import main
 
     out = tmp_path / "gen"
-    assert main(["generate", "--model-file", run["model_file"], "--user", "u3", "--num-samples", "2", "--out", str(out)]) == 0
+    assert main(["generate", "--model-file", run["model_file"], "--user", "u3", "--num-samples", "2", "--out", str(out),
+                 "--checkpoint-paths"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert len(manifest) == 2 and all((out / m["png"]).is_file() and m["plan"] == -1 for m in manifest)
     assert manifest[0]["num_inference_steps"] == 4 and manifest[0]["sampler"] == "ddim"
@@ -181,3 +182,25 @@ def test_settings_come_from_the_yaml_and_name_a_wrong_key():
     assert not set(VQ_ARCHITECTURE) & (set(own) | set(genlmm))  # one tokenizer, its keys in overall.yaml only
     with pytest.raises(ConfigError, match="diffusion_space must be one of latent, pixel"):
         GenDiffSettings.from_config(Config(model="GenDiff", dataset="emoji-seq", config_dict={"diffusion_space": "voxels"}))
+
+
+def test_recommend_gives_a_generators_nearest_items_and_case_study_points_there(run, tmp_path, capsys):
+    """A generator has no item scores for RecBole's case-study helpers; their one-line error names `recommend`, which
+    draws the user's images and lists each image's nearest catalogue items."""
+    from recbole.utils.case_study import full_sort_topk
+
+    from recbole_gen.cli import main
+    from recbole_gen.model.generative import NotARankerError
+
+    out = tmp_path / "rec"
+    assert main(["recommend", "--model-file", run["model_file"], "--user", "u3", "--k", "3", "--num-samples", "2",
+                 "--out", str(out), "--checkpoint-paths"]) == 0
+    rows = [line.split("\t") for line in capsys.readouterr().out.strip().splitlines()[1:]]
+    assert [tuple(row[:3]) for row in rows] == [("u3", str(image), str(rank)) for image in (0, 1) for rank in (1, 2, 3)]
+    for image in ("0", "1"):
+        scores = [float(row[4]) for row in rows if row[1] == image]
+        assert scores == sorted(scores, reverse=True) and len({row[3] for row in rows if row[1] == image}) == 3
+    assert sorted(p.name for p in (out / "u3").iterdir()) == ["0000_00.png", "0000_01.png", "manifest.json"]
+    _, model, _, _, _, test_data = load_data_and_model(run["model_file"], checkpoint_paths=True)
+    with pytest.raises(NotARankerError, match="recbole-gen recommend"):
+        full_sort_topk([1], model, test_data, 3)

@@ -51,11 +51,12 @@ def test_run_save_load_generates_identically(data_path, tmp_path, full_run, fine
     assert any("vqmodel" in k for k in keys)  # ... but the catalogue-trained tokenizer travels with the checkpoint
     assert isinstance(checkpoint["config"], dict)  # plain data: loading it runs no code
 
-    config, model, dataset, train_data, valid_data, test_data = load_data_and_model(result["model_file"])
+    config, model, dataset, train_data, valid_data, test_data = load_data_and_model(result["model_file"],
+                                                                                    checkpoint_paths=True)
     model.eval()
     first = model.generate(histories=[[1, 2, 3], [], [40]], num_samples=2, seed=5)
     # a second independent load gives the same images
-    _, again, *_ = load_data_and_model(result["model_file"])
+    _, again, *_ = load_data_and_model(result["model_file"], checkpoint_paths=True)
     second = again.generate(histories=[[1, 2, 3], [], [40]], num_samples=2, seed=5)
     assert torch.equal(first.tokens, second.tokens)
     # and the loaded weights are the trained ones, not a fresh init
@@ -65,7 +66,7 @@ def test_run_save_load_generates_identically(data_path, tmp_path, full_run, fine
 
 def test_target_items_do_not_change_generated_images(full_run):
     result = full_run
-    _, model, _, _, _, test_data = load_data_and_model(result["model_file"])
+    _, model, _, _, _, test_data = load_data_and_model(result["model_file"], checkpoint_paths=True)
     model.eval()
     batch = next(iter(test_data))[0]
     data = {k: batch[k] for k in (model.ITEM_SEQ, model.ITEM_SEQ_LEN, model.ITEM_ID)}
@@ -83,7 +84,7 @@ def test_generate_api_and_cli_write_pngs_and_manifest(full_run, tmp_path):
 
     out = tmp_path / "gen"
     assert main(["generate", "--model-file", result["model_file"], "--user", "u3", "--user", "u7",
-                 "--num-samples", "2", "--out", str(out), "--seed", "1"]) == 0
+                 "--num-samples", "2", "--out", str(out), "--seed", "1", "--checkpoint-paths"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert len(manifest) == 4 and {m["user"] for m in manifest} == {"u3", "u7"}
     assert all((out / m["png"]).is_file() and m["seed"] == 1 and len(m["history"]) <= 3 for m in manifest)
@@ -92,7 +93,7 @@ def test_generate_api_and_cli_write_pngs_and_manifest(full_run, tmp_path):
 
 def test_generate_for_a_user_reads_their_whole_training_history(full_run, data_path):
     """RecBole's augmentation leaves the first interaction in no row's item_id: it must still be in the history."""
-    _, model, dataset, *_ = load_data_and_model(full_run["model_file"])
+    _, model, dataset, *_ = load_data_and_model(full_run["model_file"], checkpoint_paths=True)
     lines = (data_path / "gtiny" / "gtiny.inter").read_text().splitlines()[1:]
     rows = sorted((float(t), i) for u, i, t in (line.split("\t") for line in lines) if u == "u3")
     training = [i for _, i in rows][:-2]  # leave-one-out: the last two are validation and test

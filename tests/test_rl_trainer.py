@@ -105,7 +105,7 @@ def test_rl_raises_training_reward_with_bounded_kl(sft, tmp_path, one_thread):
     events = list(Path("log_tensorboard").rglob("events.out.tfevents*"))
     assert events and any(b"rl/kl" in e.read_bytes() and b"rl/clip_fraction" in e.read_bytes() for e in events)
     # the saved checkpoint follows RecBole's contract and reloads to the RL weights
-    _, again, *_ = load_data_and_model(trainer.saved_model_file)
+    _, again, *_ = load_data_and_model(trainer.saved_model_file, checkpoint_paths=True)
     assert all(torch.equal(again.state_dict()[k], v) for k, v in model.state_dict().items())
     # evaluate works (RecBole's load_best_model path reads the RL checkpoint)
     result = trainer.evaluate(test_data, load_best_model=True)
@@ -224,7 +224,7 @@ def test_lora_rl_trains_a_fresh_adapter_whose_absence_is_the_reference(tmp_path,
     assert trainer.reference is None  # no second copy of the weights
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(".rl." in n for n in trainable)
-    sft_model = load_data_and_model(sft_file)[1].eval()
+    sft_model = load_data_and_model(sft_file, checkpoint_paths=True)[1].eval()
     histories, plans = [[1, 2, 3], [5]], torch.tensor([4, 6])
     tokens = model.core.tokens_of(plans)
     with torch.no_grad():
@@ -238,7 +238,7 @@ def test_lora_rl_trains_a_fresh_adapter_whose_absence_is_the_reference(tmp_path,
     assert not torch.allclose(moved, sft_logp, atol=1e-4) and torch.allclose(ref, sft_logp, atol=1e-5)
     saved = load_checkpoint(trainer.saved_model_file)["state_dict"]
     assert any(".rl." in k for k in saved) and any(".default." in k for k in saved)
-    _, again, *_ = load_data_and_model(trainer.saved_model_file)
+    _, again, *_ = load_data_and_model(trainer.saved_model_file, checkpoint_paths=True)
     a = model.generate(histories=histories, num_samples=2, seed=1).tokens
     assert torch.equal(again.generate(histories=histories, num_samples=2, seed=1).tokens, a)
 

@@ -25,3 +25,16 @@ def write_tiny_dataset(parent, name="tiny", n_users=40, n_items=30, length=12, s
     (folder / f"{name}.inter").write_text("\n".join(inter) + "\n")
     (folder / f"{name}.item").write_text("\n".join(item) + "\n")
     return Path(parent)
+
+
+def write_tiny_knowledge(parent, name="tiny"):
+    """Add a knowledge graph to ``parent/name`` (``.kg``: each item's two tags as relations; ``.link``: item ->
+    entity), for RecBole's knowledge-aware models; returns the parent folder."""
+    folder = Path(parent) / name
+    items = [line.split("\t")[0] for line in (folder / f"{name}.item").read_text().splitlines()[1:]]
+    kg = ["head_id:token\trelation_id:token\ttail_id:token"]
+    kg += [f"e{item}\thas_tag\tt{int(item[1:]) % 3}" for item in items]
+    kg += [f"e{item}\tin_group\tg{int(item[1:]) % 4}" for item in items]
+    (folder / f"{name}.kg").write_text("\n".join(kg) + "\n")
+    (folder / f"{name}.link").write_text("\n".join(["item_id:token\tentity_id:token", *(f"{i}\te{i}" for i in items)]) + "\n")
+    return Path(parent)

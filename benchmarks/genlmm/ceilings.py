@@ -77,7 +77,7 @@ def main():
     from recbole_gen.model.frozen import load_recommender
 
     started, load = time.time(), os.getloadavg()[0]
-    config, model, dataset, train_data, valid_data, _ = load_data_and_model(args.model_file)
+    config, model, dataset, train_data, valid_data, _ = load_data_and_model(args.model_file, checkpoint_paths=True)
     model.eval()
     catalogue = ImageCatalogue.from_config(config, model.store)
     sasrec = load_recommender(args.sasrec_file, train_data._dataset)

@@ -105,7 +105,7 @@ def revalidate(target, sampling, threads):
 
     torch.set_num_threads(threads)
     result = json.loads(target.read_text())
-    config, model, _, _, valid_data, _ = load_data_and_model(result["model_file"])
+    config, model, _, _, valid_data, _ = load_data_and_model(result["model_file"], checkpoint_paths=True)
     result["valid"].update(validate_sampling(model.eval(), build_trainer(config, model), valid_data, sampling))
     target.write_text(json.dumps(result, indent=1, default=float))
 

@@ -55,7 +55,7 @@ def collect_gallery(rows, n_users, n_samples, seed):
     first = types.index("SEQUENTIAL")
     users, tiles = None, {}
     for row in [rows[first], *rows[:first], *rows[first + 1:]]:
-        config, model, dataset, _, _, test_data = load_data_and_model(row["model_file"])
+        config, model, dataset, _, _, test_data = load_data_and_model(row["model_file"], checkpoint_paths=True)
         model.eval()
         if users is None:
             store = dataset.image_store

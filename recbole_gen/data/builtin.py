@@ -55,8 +55,8 @@ def build_dataset(name, folder, config):
     return Path(folder)
 
 
-def ensure_dataset_files(config):
-    """Make sure ``config['data_path']`` holds the dataset; build it if it is a built-in one."""
+def ensure_dataset_files(config, build=True):
+    """Make sure ``config['data_path']`` holds the dataset; build it if it is a built-in one and ``build``."""
     name, folder = config["dataset"], Path(config["data_path"])
     with folder_lock(folder):
         present = has_atomic_files(folder, name, config["benchmark_filename"])
@@ -65,8 +65,12 @@ def ensure_dataset_files(config):
         logging.getLogger().warning(warning)
     if present:
         return folder
-    if name in BUILDERS:
+    if name in BUILDERS and build:
         return build_dataset(name, folder, config)
+    if name in BUILDERS:
+        raise DatasetNotFoundError(
+            f"Dataset '{name}' not found in {folder.resolve()}, and a built-in dataset is not built where a checkpoint "
+            f"says (--checkpoint-paths): build it with `recbole-gen make-dataset {name}` and give its --data_path")
     known = ", ".join(sorted({*BUILDERS, "ml-100k"}))
     raise DatasetNotFoundError(
         f"Dataset '{name}' not found: no {name}.inter/.user/.item in {folder.resolve()}. "

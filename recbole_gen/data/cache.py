@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from recbole_gen.files import atomic_write, atomic_write_bytes, digest, folder_lock
+from recbole_gen.files import array_bytes, atomic_write, atomic_write_bytes, digest, folder_lock
 from recbole_gen.ranks import barrier, broadcast_from_rank0, rank_and_world
 
 logger = logging.getLogger(__name__)
@@ -153,7 +153,8 @@ class FeatureCache:
             keep = np.flatnonzero(~np.isin(stored, _hash_array(new_hashes)))
             parts = [(new_rows, None)] if values is None else [(values, keep), (new_rows, None)]
             atomic_write(path, lambda f: _write(f, [*stored[keep].tolist(), *_hash_array(new_hashes).tolist()], parts,
-                                                new_rows.shape[1:], new_rows.dtype))
+                                                new_rows.shape[1:], new_rows.dtype),
+                         size=(len(keep) + len(new_rows)) * new_rows[0].nbytes)
             settings_file = path.with_suffix(".json")
             if not settings_file.is_file():
                 atomic_write_bytes(settings_file, json.dumps({"kind": kind, "settings": settings},
@@ -206,6 +207,6 @@ class ArtifactCache:
         info = {"key": key, **info, "build_seconds": round(time.time() - start, 1)}
         state = {k: v.detach().cpu() for k, v in state.items()}
         with self.lock():
-            atomic_write(weights, lambda f: torch.save(state, f))
+            atomic_write(weights, lambda f: torch.save(state, f), size=array_bytes(state))
             atomic_write_bytes(meta, json.dumps(info, indent=1, default=str).encode())
         return state, info

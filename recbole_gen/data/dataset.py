@@ -19,6 +19,7 @@ from recbole.data import create_dataset as recbole_create_dataset
 from recbole.data.dataset import Dataset, SequentialDataset
 from recbole.utils import ModelType
 
+from recbole_gen.data.atomic_files import check_atomic_files
 from recbole_gen.data.builtin import DatasetFormatError, ensure_dataset_files
 from recbole_gen.data.images import ItemImageStore, dataset_folder
 from recbole_gen.files import folder_lock
@@ -66,12 +67,14 @@ class ImageSequentialDataset(ItemImagesMixin, SequentialDataset):
 IMAGE_DATASETS = {ModelType.SEQUENTIAL: ImageSequentialDataset}
 
 
-def create_dataset(config, images=False):
+def create_dataset(config, images=False, build=True):
     """The dataset for ``config``: recbole-gen's ``<Model>Dataset`` if there is one, an image dataset when
     ``images`` (the model or the metrics need item images) or ``image_policy: skip``, else RecBole's own.
-    Reads under the dataset folder's shared lock, so a concurrent rebuild waits."""
-    ensure_dataset_files(config)
+    Reads under the dataset folder's shared lock, so a concurrent rebuild waits; ``build``: build a missing
+    built-in dataset (:func:`~recbole_gen.data.builtin.ensure_dataset_files`)."""
+    ensure_dataset_files(config, build)
     with folder_lock(dataset_folder(config)):
+        check_atomic_files(config)
         dataset_class = getattr(importlib.import_module("recbole_gen.data.dataset"), config["model"] + "Dataset", None)
         if dataset_class is None and (images or config["image_policy"] == "skip"):
             dataset_class = IMAGE_DATASETS.get(config["MODEL_TYPE"], ImageDataset)

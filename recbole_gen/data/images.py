@@ -16,6 +16,8 @@ filtering and splits are untouched. The store is built once per dataset by
 import csv
 import hashlib
 import logging
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
+from recbole_gen.config import Settings
 from recbole_gen.data.cache import CachedRows, FeatureCache
 from recbole_gen.files import folder_lock
 
@@ -39,6 +42,30 @@ COMPUTE_BATCH = 1024  # items per ``cached`` compute call: pixels are converted 
 
 class ItemImageError(ValueError):
     """An item image is missing, unreadable or unexpected; the message names items and files."""
+
+
+class ImageTooLarge(ValueError):
+    """An image with more pixels than ``image_max_pixels``: refused before it is decoded."""
+
+
+@dataclass(frozen=True)
+class ImageSettings(Settings):
+    """How item images are read (properties/overall.yaml; docs/data.md), checked before any image is."""
+
+    image_size: int
+    image_fit: str
+    image_background: list
+    image_policy: str
+    image_max_pixels: int
+
+    def check(self):
+        self.require(self.image_size >= 1, "image_size", ">= 1")
+        self.require(self.image_fit in FITS, "image_fit", f"one of {', '.join(FITS)}")
+        self.require(self.image_policy in POLICIES, "image_policy", f"one of {', '.join(POLICIES)}")
+        self.require(len(self.image_background) == 3 and all(isinstance(v, int) and 0 <= v <= 255
+                                                              for v in self.image_background),
+                     "image_background", "three integers in [0, 255] (red, green, blue)")
+        self.require(self.image_max_pixels >= 1, "image_max_pixels", ">= 1")
 
 
 def dataset_folder(config):
@@ -75,9 +102,16 @@ def to_rgb(img, background=(255, 255, 255)):
     return img.convert("RGB")
 
 
-def decode_image(path, size, fit="pad", background=(255, 255, 255)):
-    """Read one image file -> uint8 array [3, size, size]. Raises OSError/ValueError on bad files."""
-    with Image.open(path) as img:
+def decode_image(path, size, fit="pad", background=(255, 255, 255), max_pixels=None):
+    """Read one image file -> uint8 array [3, size, size]. Raises OSError/ValueError on bad files, and
+    :class:`ImageTooLarge`, before decoding, for one of more than ``max_pixels`` pixels (a few KB of PNG can
+    declare 13,000 x 13,000 pixels: 2.6 GB once decoded)."""
+    with warnings.catch_warnings():  # Pillow's DecompressionBombWarning: the size is checked here, against the config
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        img = Image.open(path)
+    with img:
+        if max_pixels is not None and img.width * img.height > max_pixels:
+            raise ImageTooLarge(f"{img.width} x {img.height} pixels, more than image_max_pixels ({max_pixels:,})")
         img.load()  # decode now: truncated or corrupt data fails here, inside our error handling
         img = ImageOps.exif_transpose(img)
         img = to_rgb(img, background)
@@ -180,11 +214,7 @@ class ItemImageStore:
     def from_tokens(cls, config, tokens):
         """Find, validate and decode (through the pixel cache) the images of ``tokens`` (``tokens[0]`` is the
         padding item), under ``image_policy``: ``error`` raises :class:`ItemImageError` naming every bad item."""
-        policy, fit = config["image_policy"], config["image_fit"]
-        if policy not in POLICIES:
-            raise ItemImageError(f"image_policy must be one of {', '.join(POLICIES)}, not '{policy}'")
-        if fit not in FITS:
-            raise ItemImageError(f"image_fit must be one of {', '.join(FITS)}, not '{fit}'")
+        policy = ImageSettings.from_config(config).image_policy
         tokens = [str(t) for t in tokens]
         problems = _Problems()
         texts = _texts(config, tokens)
@@ -280,6 +310,9 @@ def _image_paths(config, tokens, problems):
     """Per token: the image file (a Path inside the dataset folder) or None, with each problem recorded."""
     folder = dataset_folder(config)
     image_field, image_dir = config["image_field"], config["image_dir"]
+    if not config["allow_external_images"] and not (folder / image_dir).resolve().is_relative_to(folder.resolve()):
+        raise ItemImageError(f"image_dir '{image_dir}' is outside the dataset folder {folder}: nothing there is read; "
+                             f"give a folder inside it, or set allow_external_images: True")
     columns, _ = read_item_columns(config, [image_field])
     paths = [None] * len(tokens)
     if image_field in columns:
@@ -358,14 +391,17 @@ def _decode_all(config, tokens, paths, problems):
     decoded = {}
     for i in cache.missing("pixels", settings, hashes):
         try:
-            decoded[hashes[i]] = decode_image(paths[i], size, fit, background)
+            decoded[hashes[i]] = decode_image(paths[i], size, fit, background, config["image_max_pixels"])
+        except ImageTooLarge as error:
+            problems.add("too large", tokens[i], f"{_relative(paths[i], folder)} ({error})")
+            hashes = ["" if h == hashes[i] else h for h in hashes]
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
             problems.add("unreadable", tokens[i], f"{_relative(paths[i], folder)} ({type(error).__name__}: {error})")
             hashes = ["" if h == hashes[i] else h for h in hashes]
     # entries are content-addressed, so good items are cached even if others are bad
     if decoded:
         cache.put("pixels", settings, list(decoded), np.stack(list(decoded.values())))
-    blank = [tokens[i] for i, h in enumerate(hashes) if h in decoded and decoded[h].min() == decoded[h].max()]
+    blank = [tokens[i] for i, h in enumerate(hashes) if h in decoded and (decoded[h] == decoded[h][:, :1, :1]).all()]
     if blank:
         logger.warning(f"{len(blank)} item image(s) are a single flat colour (check them): "
                        f"{', '.join(blank[:SHOW])}{' ...' if len(blank) > SHOW else ''}")

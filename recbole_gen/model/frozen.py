@@ -55,7 +55,7 @@ class FrozenRecommender:
 def load_recommender(path, dataset, device="cpu"):
     """A RecBole checkpoint (SASRec...) trained on the same dataset and split, rebuilt on ``dataset``."""
     checkpoint = load_checkpoint(path)
-    model = restore_model(checkpoint, dataset)
+    model = restore_model(checkpoint, dataset, path)
     if getattr(model, "n_items", dataset.item_num) != dataset.item_num:
         raise ValueError(f"recommender {path}: its model has {model.n_items} items, this dataset {dataset.item_num}; "
                          f"train it on the same dataset and split")

@@ -45,6 +45,18 @@ class Generation:
     plans_are_items: bool = True
 
 
+def internal_user(dataset, user):
+    """RecBole's internal id of ``user`` (an external token, or already an internal id) in ``dataset``."""
+    if isinstance(user, (int, np.integer)):
+        return int(user)
+    known = dataset.field2token_id[dataset.uid_field]
+    if str(user) not in known:
+        examples = ", ".join(list(known)[1:6])
+        raise UnknownUserError(f"user '{user}' is not in dataset '{dataset.dataset_name}' (user tokens look like: "
+                               f"{examples})")
+    return known[str(user)]
+
+
 class GenerativeRecommender(SequentialRecommender):
     """Base class: subclasses implement :meth:`generate_images` (and may rank with :meth:`full_sort_predict`)."""
 
@@ -81,7 +93,9 @@ class GenerativeRecommender(SequentialRecommender):
 
     def full_sort_predict(self, interaction):
         raise NotARankerError(f"{type(self).__name__} ranks the catalogue by its generated images, which the "
-                              f"evaluator embeds and searches; it has no scores of its own")
+                              f"evaluator embeds and searches; it has no scores of its own (RecBole's case_study "
+                              f"helpers need them): use `recbole-gen recommend --model-file X --user U` "
+                              f"(recbole_gen.recommend.recommend) for its images' nearest items")
 
     def predict(self, interaction):
         return self.full_sort_predict(interaction).gather(1, interaction[self.ITEM_ID].view(-1, 1)).squeeze(1)
@@ -97,14 +111,7 @@ class GenerativeRecommender(SequentialRecommender):
         items before it), so a user's first interaction is in no row's ``item_id``: it is read from the item list of
         the user's earliest row, and every later item from the rows' targets."""
         dataset = self._dataset
-        if isinstance(user, (int, np.integer)):
-            uid = int(user)
-        else:
-            known = dataset.field2token_id[dataset.uid_field]
-            if str(user) not in known:
-                examples = ", ".join(list(known)[1:6])
-                raise UnknownUserError(f"user '{user}' is not in dataset '{dataset.dataset_name}' (user tokens look like: {examples})")
-            uid = known[str(user)]
+        uid = internal_user(dataset, user)
         inter = dataset.inter_feat
         mine = np.flatnonzero(inter[dataset.uid_field].numpy() == uid)
         if dataset.time_field in inter.columns:
@@ -204,8 +211,7 @@ def write_pngs(result, out_dir):
     """Write each image as ``<row>_<sample>.png`` and the manifest as ``manifest.json`` (atomically)."""
     from PIL import Image
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir)  # atomic_write creates it
     for entry in result.manifest:
         image = result.pixels[entry["row"], entry["sample"]].permute(1, 2, 0).mul(255).round().byte().numpy()
         path = out / f"{entry['row']:04d}_{entry['sample']:02d}.png"

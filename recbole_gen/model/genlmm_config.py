@@ -5,6 +5,7 @@ tokenizer's, shared by every generator, in properties/overall.yaml; defaults liv
 value stops the run before the dataset is read further or anything is trained.
 """
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 from recbole_gen.model.vq import TokenizerArchitecture
@@ -83,6 +84,8 @@ class GenLMMSettings(TokenizerArchitecture):
             self.require(getattr(self, key) >= 1, key, ">= 1")
         self.require(0 < self.top_p <= 1, "top_p", "in (0, 1]")
         self.require(0 <= self.cond_dropout < 1, "cond_dropout", "in [0, 1)")
+        self.require(self.lmm_path is None or (Path(self.lmm_path) / "config.json").is_file(), "lmm_path",
+                     "~ or a folder holding a Hugging Face-format Janus checkpoint (its config.json and weights)")
         self.require(self.plan_temperature > 0, "plan_temperature", "> 0")
         self.require(0 <= self.plan_prior_decay <= 1, "plan_prior_decay", "in [0, 1]")
 

@@ -31,6 +31,10 @@ class TokenizerArchitecture(Settings):
     def check(self):
         for key in VQ_ARCHITECTURE:
             self.require(getattr(self, key) >= 1, key, ">= 1")
+        ratio = self.lmm_image_size // self.vq_grid
+        self.require(ratio * self.vq_grid == self.lmm_image_size and ratio & (ratio - 1) == 0, "lmm_image_size",
+                     f"vq_grid ({self.vq_grid}) times a power of two")
+        self.require(self.vq_base_channels % 32 == 0, "vq_base_channels", "a multiple of 32 (GroupNorm)")
 
 
 #: the settings that define the tiny tokenizer's architecture (also the tiny Janus's ``vq_config``)
@@ -38,17 +42,12 @@ VQ_ARCHITECTURE = tuple(field.name for field in fields(TokenizerArchitecture))
 
 
 def build_vq_config(settings, image_token_embed_dim=64, projection_dim=64):
-    """A ``JanusVQVAEConfig`` from a :class:`~recbole_gen.model.genlmm_config.GenLMMSettings`."""
-    size, grid = settings.lmm_image_size, settings.vq_grid
-    downs = int(round(np.log2(size // grid)))
-    if 2 ** downs * grid != size:
-        raise ValueError(f"lmm_image_size {size} must be vq_grid {grid} times a power of two")
-    if settings.vq_base_channels % 32:
-        raise ValueError(f"vq_base_channels must be a multiple of 32 (GroupNorm), got {settings.vq_base_channels}")
+    """A ``JanusVQVAEConfig`` from a :class:`TokenizerArchitecture` (e.g. a GenLMM's settings)."""
+    downs = int(round(np.log2(settings.lmm_image_size // settings.vq_grid)))  # checked: a power of two
     return JanusVQVAEConfig(
         embed_dim=settings.vq_embed_dim, num_embeddings=settings.vq_codebook_size,
         latent_channels=settings.vq_latent_channels, base_channels=settings.vq_base_channels,
-        channel_multiplier=[1] + [2] * downs, num_res_blocks=1, num_patches=grid,
+        channel_multiplier=[1] + [2] * downs, num_res_blocks=1, num_patches=settings.vq_grid,
         image_token_embed_dim=int(image_token_embed_dim), projection_dim=int(projection_dim),
     )
 

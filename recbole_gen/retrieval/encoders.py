@@ -24,12 +24,15 @@ embedding space; it keys the on-disk embedding cache).
 """
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recbole_gen.config import Settings
 from recbole_gen.data.images import centred_unit, resize
 
 ENCODERS = {}
@@ -287,6 +290,36 @@ class RandomConvEncoder(ImageEncoder):
         return self.model(pixels)
 
 
+def encoder_key(name):
+    """The :data:`ENCODERS` key of an encoder name as users write it (``open-clip``, ``EfficientNet``...)."""
+    key = str(name).lower().replace("_", "-")
+    aliases = {"open-clip": "open_clip", "openclip": "open_clip", "efficientnet": "efficientnet-lite0",
+               "efficientnet-lite": "efficientnet-lite0"}
+    return aliases.get(key, key)
+
+
+@dataclass(frozen=True)
+class EncoderSettings(Settings):
+    """The evaluation encoder's keys (properties/overall.yaml), checked before any work: the encoder is built only
+    when the first evaluation starts, after training."""
+
+    eval_encoder: str
+    eval_encoder_size: Optional[int]
+    eval_encoder_batch_size: Optional[int]
+    eval_encoder_dtype: Optional[str]
+    pixel_encoder_max_size: int
+
+    def check(self):
+        self.require(encoder_key(self.eval_encoder) in ENCODERS, "eval_encoder",
+                     f"one of {', '.join(sorted(ENCODERS))}")
+        for key in ("eval_encoder_size", "eval_encoder_batch_size"):
+            self.require(getattr(self, key) is None or getattr(self, key) >= 1, key, "~ or >= 1")
+        self.require(self.pixel_encoder_max_size >= 1, "pixel_encoder_max_size", ">= 1")
+        self.require(self.eval_encoder_dtype is None or isinstance(getattr(torch, self.eval_encoder_dtype, None),
+                                                                   torch.dtype),
+                     "eval_encoder_dtype", "~ or a torch dtype such as float16")
+
+
 def build_image_encoder(name, **options):
     """``build_image_encoder('efficientnet-lite0', size=224, device='cuda')`` and so on.
 
@@ -294,10 +327,7 @@ def build_image_encoder(name, **options):
     ``efficientnet-lite0`` / ``open_clip``; ``model`` for ``open_clip``; ``dim``, ``seed`` for
     ``random``. ``None`` values mean the encoder's default.
     """
-    key = str(name).lower().replace("_", "-")
-    aliases = {"open-clip": "open_clip", "openclip": "open_clip", "efficientnet": "efficientnet-lite0",
-               "efficientnet-lite": "efficientnet-lite0"}
-    key = aliases.get(key, key)
+    key = encoder_key(name)
     if key not in ENCODERS:
         raise ValueError(f"Unknown image encoder '{name}'. Known: {', '.join(sorted(ENCODERS))}")
     options = {k: v for k, v in options.items() if v is not None}

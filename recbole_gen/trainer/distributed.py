@@ -15,6 +15,7 @@ import os
 import torch
 import torch.distributed as dist
 
+from recbole_gen.files import storage_errors
 from recbole_gen.model import sharding
 from recbole_gen.ranks import barrier, broadcast_from_rank0
 
@@ -121,13 +122,17 @@ class DistributedMixin:
     folder exists before RecBole's check-then-create, which two ranks can race."""
 
     def __init__(self, config, model):
-        os.makedirs(config["checkpoint_dir"], exist_ok=True)
+        with storage_errors(config["checkpoint_dir"]):
+            os.makedirs(config["checkpoint_dir"], exist_ok=True)
         super().__init__(config, model)
         self.saved_model_file = broadcast_from_rank0(self.saved_model_file)
 
-    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
-        with full_state_dicts(self.model, self.optimizer):
-            super()._save_checkpoint(epoch, verbose=verbose, **kwargs)
+    def _save_checkpoint(self, epoch, *args, **kwargs):
+        # RecBole's decision-tree trainers (LightGBM, XGBoost) hold a booster, not a torch model, have no optimizer
+        # and save without ``verbose``
+        optimizer = getattr(self, "optimizer", None)
+        with contextlib.nullcontext() if optimizer is None else full_state_dicts(self.model, optimizer):
+            super()._save_checkpoint(epoch, *args, **kwargs)
         barrier()
 
     def resume_checkpoint(self, resume_file):

@@ -10,6 +10,7 @@ import re
 import shutil
 import unicodedata
 
+import yaml
 from tqdm import tqdm
 
 from recbole_gen.data.images import ItemImageError, ItemImageStore
@@ -34,13 +35,14 @@ def seconds_text(seconds):
 
 def write_dataset(out, interactions, items, images, image_root, link, manifest):
     """Create ``out``: ``<name>.inter`` (``interactions``), ``<name>.item`` (title and image path of every
-    item left), ``images/`` (``images``: token -> file under ``image_root``, copied or hard-linked to the
-    same relative path) and ``manifest.json``."""
+    item left), ``<name>.yaml`` (how RecBole reads them), ``images/`` (``images``: token -> file under
+    ``image_root``, copied or hard-linked to the same relative path) and ``manifest.json``."""
     name = out.name
     with staged_folder(out) as staging:
         _write_inter(staging / f"{name}.inter", interactions)
         relative = {token: os.path.join("images", path.relative_to(image_root)) for token, path in images.items()}
         _write_items(staging / f"{name}.item", interactions.item_tokens(), items, relative)
+        _write_yaml(staging / f"{name}.yaml", interactions, len(images) == len(interactions.item_tokens()))
         _place_images(staging, images, relative, link)
         _validate(staging, name, sorted(images), out)
         text = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
@@ -62,6 +64,19 @@ def _write_items(path, tokens, items, relative):
         for token in tokens:
             item = items.get(token)
             f.write(f"{token}\t{atomic_text(item.title) if item else ''}\t{relative.get(token, '')}\n")
+
+
+def _write_yaml(path, interactions, all_have_images):
+    """The folder's own config, layered under the user's (recbole_gen.config): the fields to load, so that
+    ``run_recbole --dataset=<name>`` trains on the folder as it is (RecBole's default ``load_col`` drops the
+    timestamp), and, when some items have no image, the grey placeholder for them (image models)."""
+    inter = ["user_id", "item_id", "timestamp", *(["rating"] if interactions.with_rating else [])]
+    settings = {"load_col": {"inter": inter, "item": ["item_id", "title", "image"]}}
+    if not all_have_images:
+        settings["image_policy"] = "placeholder"
+    text = (f"# How RecBole reads this folder, written by recbole-gen import-dataset; your own config files and "
+            f"command line override it (docs/data.md).\n{yaml.safe_dump(settings, sort_keys=False)}")
+    atomic_write_bytes(path, text.encode())
 
 
 def _place_images(staging, images, relative, link):
