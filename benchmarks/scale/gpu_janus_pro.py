@@ -116,7 +116,9 @@ def run(data, out, tiny=False):
         rl = run_recbole(model="GenLMM", dataset="gtiny", config_dict={**config, **RL_KEYS, "init_from": sft["model_file"]})
         history = load_checkpoint(rl["model_file"])["rl"]["history"]
         entry.update(rl_steps=len(history), step_seconds=round(history[-1]["step_seconds"], 2), test=_rounded(rl["test_result"]))
-    generate = ["generate", *(arg for user in USERS for arg in ("--user", user)), "--num-samples", "2", "--seed", "1"]
+    # a loaded checkpoint reads and writes where the command line says, not where its config says (docs/reliability.md)
+    paths = [f"--{key}={config[key]}" for key in ("data_path", "cache_dir", "log_dir")]
+    generate = ["generate", *(arg for user in USERS for arg in ("--user", user)), "--num-samples", "2", "--seed", "1", *paths]
     with stages("generate") as entry:
         main(generate + ["--model-file", rl["model_file"], "--out", str(out / "generated")])
         drawn = _pngs(out / "generated")
