@@ -13,7 +13,7 @@ from logging import getLogger
 
 import torch.distributed as dist
 from recbole.data.transform import construct_transform
-from recbole.utils import get_environment, get_flops, init_seed, set_color
+from recbole.utils import get_environment, get_flops, set_color
 
 from recbole_gen.checkpoint import checkpoint_config, load_checkpoint, restore_model
 from recbole_gen.config import Config, ConfigError, TrainingSettings
@@ -25,7 +25,7 @@ from recbole_gen.model.generative import GenerativeRecommender
 from recbole_gen.ranks import rank0_first
 from recbole_gen.retrieval.encoders import EncoderSettings
 from recbole_gen.retrieval.index import IndexSettings
-from recbole_gen.utils import get_model, get_trainer, init_logger, training_randomness_kept, with_mixin
+from recbole_gen.utils import get_model, get_trainer, init_logger, init_seed, training_randomness_kept, with_mixin
 
 
 def run(model, dataset, config_file_list=None, config_dict=None, saved=True, nproc=1, world_size=-1,

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from recbole.utils import get_trainer as recbole_get_trainer
+from recbole.utils import init_seed as recbole_init_seed
 from recbole.utils.logger import RemoveColorFilter, log_colors_config
 from recbole.utils.utils import get_local_time
 
@@ -25,6 +26,20 @@ import recbole
 
 from recbole_gen.compat import torch_scatter
 from recbole_gen.files import storage_errors
+
+#: cuBLAS's deterministic mode needs a fixed workspace (read when CUDA starts; set it yourself to choose another)
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def init_seed(seed, reproducibility):
+    """RecBole's ``init_seed``, and with ``reproducibility`` torch's deterministic algorithms too: on the CPU the
+    backward of indexing a tensor with a tensor of indices (``index_put_`` with accumulation) otherwise adds in the
+    order its threads finish, so two runs of the same command drifted apart (GenLMM-SFT's test Hit@10 0.106 to 0.113
+    over four runs of the main job; docs/reliability.md). ``warn_only``: an operation without a deterministic
+    version warns instead of stopping the run."""
+    recbole_init_seed(seed, reproducibility)
+    torch.use_deterministic_algorithms(bool(reproducibility), warn_only=True)
+
 
 PLUGIN_MODELS = {
     "GenLMM": "recbole_gen.model.genlmm",

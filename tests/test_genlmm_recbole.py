@@ -115,7 +115,9 @@ def test_save_pretrained_janus_loads_through_lmm_path(emoji64, gtiny, tmp_path):
 
 
 def test_missing_lmm_path_is_a_clear_error(emoji64, gtiny, tmp_path):
-    with pytest.raises(FileNotFoundError, match="lmm_path"):
+    from recbole_gen.config import ConfigError
+
+    with pytest.raises(ConfigError, match="lmm_path must be ~ or a folder"):  # checked before anything is built
         make_core(gtiny, lmm_path=str(tmp_path / "nowhere"))
 
 
@@ -145,3 +147,13 @@ def test_epochs_0_evaluates_an_init_from_checkpoint_as_it_is(data_path, tmp_path
     trained, evaluated = load_checkpoint(full_run["model_file"]), load_checkpoint(result["model_file"])
     assert all(torch.equal(v, evaluated["state_dict"][k]) for k, v in trained["state_dict"].items())
     assert set(result["test_result"]) == {"hit@10", "ndcg@10"}
+
+
+def test_a_rerun_reading_cached_artifacts_trains_the_same_model(data_path, tmp_path):
+    """Whether this run builds the tokenizer and pre-training or reads them from the cache, training starts from
+    the same weights and the same random state: the same checkpoint, the same results."""
+    first = _run(data_path, tmp_path, checkpoint_dir=str(tmp_path / "first"), pretrain_steps=20, cond_dropout=0.1)
+    again = _run(data_path, tmp_path, checkpoint_dir=str(tmp_path / "again"), pretrain_steps=20, cond_dropout=0.1)
+    built, cached = (load_checkpoint(run["model_file"])["state_dict"] for run in (first, again))
+    assert all(torch.equal(built[k], cached[k]) for k in built)
+    assert first["test_result"] == again["test_result"]

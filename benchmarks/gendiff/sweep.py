@@ -67,7 +67,7 @@ def main():
     torch.set_num_threads(2)
     import yaml
     from recbole.data import data_preparation
-    from recbole.utils import init_seed
+    from recbole_gen.utils import init_seed
 
     from recbole_gen.config import Config
     from recbole_gen.data import create_dataset

@@ -8,7 +8,8 @@ evaluated here: the defaults are chosen on these numbers and the main job report
 Each *design* trains once with a preset's settings (``--preset``, default ``full``: properties/benchmark/full.yaml,
 1,000 users, seed 2026, the GenLMM-SFT row's epochs) plus its overrides, then is validated under each *sampling*
 setting (generation only; no retraining), by its images (gen_rank_by: images) and, with a plan head, by the plan
-alone (gen_rank_by: plan); designs listed in --shuffled are also validated with every user's history swapped for
+alone (gen_rank_by: plan); with ``--plan-only`` nothing is trained after the artifacts (epochs: 0: the catalogue
+pre-training and the plan stage) and only the plan head is validated, a few minutes per design; designs listed in --shuffled are also validated with every user's history swapped for
 another user's (targets kept). ``--dataset emoji-pop`` runs the same on the second built-in catalogue (its own folder
 beside the preset's). One JSON per design; a finished design is skipped on rerun. The tokenizer and each
 pre-training are cached under the dataset's .cache, as in the main job.
@@ -34,13 +35,15 @@ DESIGNS = {
     "plan-item-history10": dict(PLAN, history_len=10),
     "plan-item-no-history": dict(PLAN, history_len=0),  # ablation: the plan from no history (popularity only)
     "plan-item-teacher": dict(PLAN, plan_teacher_file="@teacher", plan_teacher_weight=0.5),
-    # the plan head's per-item terms and plan stage (issue 28); the designs above predate them and ran content-only
-    "content-only": dict(PLAN, item_id_embedding=False, plan_item_bias=False, plan_stage_steps=0),
-    "item-bias": dict(PLAN, item_id_embedding=False, plan_stage_steps=0),
-    "item-terms": dict(PLAN, plan_stage_steps=0),
-    "content-only+stage": dict(PLAN, item_id_embedding=False, plan_item_bias=False),
-    "item-terms+stage": PLAN,
-    "item-terms+stage+teacher": dict(PLAN, plan_teacher_file="@teacher", plan_teacher_weight=0.5),
+    # the plan head's per-item terms, history match and plan stage (issue 28; plan-item is the default: item bias,
+    # history match from a category prior of weight 8, no ID embedding, no plan stage); the designs above predate them
+    "content-only": dict(PLAN, plan_item_bias=False, plan_history_match=False),
+    "item-bias": dict(PLAN, plan_history_match=False),
+    "no-prior": dict(PLAN, plan_prior_weight=0.0),  # the history match's weights start at 0
+    "prior-4": dict(PLAN, plan_prior_weight=4.0),
+    "id-embedding": dict(PLAN, item_id_embedding=True),
+    "plan-stage": dict(PLAN, plan_stage_steps=1000),
+    "plan-stage-teacher": dict(PLAN, plan_stage_steps=1000, plan_teacher_file="@teacher", plan_teacher_weight=0.5),
 }
 SAMPLING = {
     "default": {},
@@ -110,8 +113,9 @@ def revalidate(target, sampling, threads):
     target.write_text(json.dumps(result, indent=1, default=float))
 
 
-def run_design(name, overrides, sampling, threads, teacher=None, shuffled=False, preset="full", dataset=None):
-    from recbole.utils import init_seed
+def run_design(name, overrides, sampling, threads, teacher=None, shuffled=False, preset="full", dataset=None,
+               plan_only=False):
+    from recbole_gen.utils import init_seed
 
     from recbole_gen.config import Config
     from recbole_gen.data import create_dataset, data_preparation
@@ -122,7 +126,7 @@ def run_design(name, overrides, sampling, threads, teacher=None, shuffled=False,
     overrides = {k: (teacher if v == "@teacher" else v) for k, v in overrides.items()}
     config = Config(model="GenLMM", dataset=dataset or "emoji-seq", config_dict={
         **shared_config(preset, dataset), **overrides, "log_dir": "results/genlmm-sweep/logs",
-        "checkpoint_dir": f"results/genlmm-sweep/saved/{name}", "eval_step": 0})
+        "checkpoint_dir": f"results/genlmm-sweep/saved/{name}", "eval_step": 0, **({"epochs": 0} if plan_only else {})})
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     started, load = time.time(), os.getloadavg()[0]
@@ -137,8 +141,8 @@ def run_design(name, overrides, sampling, threads, teacher=None, shuffled=False,
     result = {"design": name, "overrides": overrides, "model_file": trainer.saved_model_file,
               "artifacts": model.artifact_info, "steps": trainer.optimizer_steps,
               "prepare_s": round(prepared - started, 1), "train_s": round(trained - prepared, 1), "valid": {}}
-    trained_settings = model.settings
-    result["valid"].update(validate_sampling(model, trainer, valid_data, sampling))
+    if not plan_only:
+        result["valid"].update(validate_sampling(model, trainer, valid_data, sampling))
     if shuffled:
         with shuffled_histories(valid_data) as shuffled_data:
             result["valid"]["shuffled history"] = dict(trainer.evaluate(shuffled_data, load_best_model=False))
@@ -160,6 +164,7 @@ def main():
     parser.add_argument("--preset", default="full", help="the benchmark preset whose data and GenLMM-SFT row to use")
     parser.add_argument("--dataset", default=None, help="another built-in dataset than the preset's (emoji-pop)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--plan-only", action="store_true", help="no SFT: validate the plan head after the artifacts")
     parser.add_argument("--revalidate", action="store_true", help="only add --sampling settings to trained designs")
     parser.add_argument("--list", action="store_true")
     args = parser.parse_args()
@@ -177,7 +182,7 @@ def main():
         if target.is_file():
             continue
         result = run_design(name, DESIGNS[name], sampling, args.threads, args.teacher, name in args.shuffled, args.preset,
-                            args.dataset)
+                            args.dataset, args.plan_only)
         result["command"] = "python benchmarks/genlmm/sweep.py " + " ".join(os.sys.argv[1:])
         target.write_text(json.dumps(result, indent=1, default=float))
         print(json.dumps({"design": name, **{k: {m: round(v, 4) for m, v in r.items() if m in ("hit@10", "ndcg@10",

@@ -10,12 +10,11 @@ import logging
 import os
 import time
 
-from recbole.utils import init_seed
 
 from recbole_gen.config import Config
 from recbole_gen.data import create_dataset, data_preparation
 from recbole_gen.quick_start import build_model, build_trainer, needs_images
-from recbole_gen.utils import init_logger
+from recbole_gen.utils import init_logger, init_seed
 
 
 def point(keys, values):
