@@ -34,8 +34,8 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 def init_seed(seed, reproducibility):
     """RecBole's ``init_seed``, and with ``reproducibility`` torch's deterministic algorithms too: on the CPU the
     backward of indexing a tensor with a tensor of indices (``index_put_`` with accumulation) otherwise adds in the
-    order its threads finish, so two runs of the same command drifted apart (GenLMM-SFT's test Hit@10 0.106 to 0.113
-    over four runs of the main job; docs/reliability.md). ``warn_only``: an operation without a deterministic
+    order its threads finish, so two runs of the same command drifted apart (GenLMM-SFT's test Hit@10 0.106 to 0.114
+    over five runs of the main job; docs/reliability.md). ``warn_only``: an operation without a deterministic
     version warns instead of stopping the run."""
     recbole_init_seed(seed, reproducibility)
     torch.use_deterministic_algorithms(bool(reproducibility), warn_only=True)
