@@ -51,7 +51,7 @@ def test_one_sft_step_on_two_ranks_equals_one_rank(gtiny, tmp_path, strategy):
     # fsdp: the two ranks each hold half of every parameter; the checkpoint is the full state, as one rank's
     config = _config(gtiny, tmp_path, epochs=1, eval_step=0, train_batch_size=400, learner="sgd", learning_rate=1.0,
                      weight_decay=0.0, warmup_steps=0, gradient_accumulation_steps=1, shuffle=False, metrics=["Hit"],
-                     num_samples=1, dist_strategy=strategy)
+                     valid_metric="Hit@10", num_samples=1, dist_strategy=strategy)
     init, one, two = (_run("GenLMM", {**config, "checkpoint_dir": str(tmp_path / name), "epochs": epochs}, nproc)
                       for name, epochs, nproc in (("init", 0, 1), ("one", 1, 1), ("two", 1, 2)))
     init, first, second = (load_checkpoint(r["model_file"])["state_dict"] for r in (init, one, two))

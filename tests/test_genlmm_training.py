@@ -82,8 +82,9 @@ def test_history_is_used(emoji64, gtiny):
     with torch.no_grad():
         true = core.loss(test_h, test_t, parts=True)["image"].mean().item()
         other = core.loss(shuffled, test_t, parts=True)["image"].mean().item()
-    # held-out users: the true history must explain the target better (measured: 1.27 vs 2.29 nats per token)
-    assert other - true > 0.5, (true, other)
+    # held-out users: the true history must explain the target better (measured: 1.27 vs 2.29 nats per token on one
+    # machine, 0.88 vs 1.34 on another: the catalogue-trained tokenizer differs by machine, so the test is relative)
+    assert other > 1.3 * true, (true, other)
 
 
 def test_lora_and_full_both_train(emoji64, gtiny):
