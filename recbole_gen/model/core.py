@@ -306,8 +306,8 @@ class GenLMMCore(ItemContent, nn.Module):
     def history_match(self, histories, vectors):
         """``[B, item_num]``: how much each item is like the row's recent history items: its cosine to each of them in
         plan-vector space, and for each of the ``content_fields`` (a category) whether it shares their value, each
-        weighted by how recent that history item is (``recency``: one learnt weight per step back and per term). A direct path for "more like what this user took lately" that needs nothing learnt about the
-        item itself, so it holds for items never seen in training; its cost grows with the catalogue as the plan's
+        weighted by how recent that history item is (``recency``: one learnt weight per step back and per term). A
+        direct path for "more like what this user took lately" that needs nothing learnt about the item itself, so it holds for items never seen in training; its cost grows with the catalogue as the plan's
         own scores do (a profile per row, then one product with every item)."""
         steps = self.recency.shape[1]
         recent = torch.zeros(len(histories), steps, dtype=torch.long, device=vectors.device)
@@ -424,14 +424,15 @@ class GenLMMCore(ItemContent, nn.Module):
         image token (recbole_gen/trainer/pretrain.py)."""
         return F.cross_entropy(self.excluding(self.plan_scores(histories), exclude, targets), self.plan_of(targets))
 
-    def excluding(self, plan_logits, exclude, targets):
-        """Item plans' logits with each row's ``exclude`` items (0-padded; its own target never) at -inf: a user who
-        never takes an item twice is trained, as evaluated, on what they can still take, so the plan is not taught
-        to shun items like the history for being the history."""
+    def excluding(self, plan_logits, exclude, targets=None):
+        """Item plans' logits with each row's ``exclude`` items (0-padded; in training its own ``targets`` never) at
+        -inf: a consumed item is never planned, and a user who never takes an item twice is trained, as evaluated,
+        on what they can still take, so the plan is not taught to shun items like the history for being the history."""
         if exclude is None or plan_logits is None or self.settings.plan != "item":
             return plan_logits
         exclude = exclude.to(plan_logits.device).long()
-        exclude = exclude.masked_fill(exclude == targets.to(exclude.device).view(-1, 1), 0)
+        if targets is not None:
+            exclude = exclude.masked_fill(exclude == targets.to(exclude.device).view(-1, 1), 0)
         return plan_logits.scatter(1, exclude, float("-inf"))
 
     # ------------------------------------------------------------ generation
@@ -468,9 +469,7 @@ class GenLMMCore(ItemContent, nn.Module):
         if self.has_plan:
             vectors = self.plan_vectors()
             if plans is None:
-                logits = self.plan_logits(hidden[:n:num_samples], histories, vectors)
-                if exclude is not None and self.settings.plan == "item":
-                    logits = logits.scatter(1, exclude.to(logits.device).long(), float("-inf"))
+                logits = self.excluding(self.plan_logits(hidden[:n:num_samples], histories, vectors), exclude)
                 user_generators = row_generators(seed, histories, [PLAN_STREAM] * n_users)
                 plans = distinct_plans(logits, num_samples, plan_temperature, user_generators)
             chosen = torch.as_tensor(plans, device=embeds.device).reshape(-1)

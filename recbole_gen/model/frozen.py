@@ -1,7 +1,7 @@
 """A frozen RecBole recommender as a part of another model or trainer: the catalogue ranking that a drawn twin
 redraws (:class:`~recbole_gen.model.reconstruction.TokenizerReconstruction`), the RL stage's recommender reward and
 the plan head's optional teacher. Loaded from a checkpoint trained on the same dataset and split (a benchmark's
-``@SASRec`` row); ``recbole_gen.trainer.recommender`` trains one on demand."""
+``@SASRec`` row), or one that the trainer trains on demand."""
 import logging
 
 import torch

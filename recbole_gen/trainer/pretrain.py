@@ -28,7 +28,7 @@ def pretrain(core, steps, batch_size, learning_rate, seed, instruction, log_ever
 
     def loss(items):
         histories = [[] for _ in items] if core.has_plan else [[i] for i in items.tolist()]
-        return core("loss", histories, items, prompt=prompt, parts=True)["image"].mean()
+        return core("loss", histories, items.to(core.lmm.device), prompt=prompt, parts=True)["image"].mean()
 
     return _train(core, loss, core.item_num - 1, steps, batch_size, learning_rate, seed, "catalogue pre-training",
                   log_every, offset=1)
@@ -41,7 +41,6 @@ def plan_stage(core, histories, targets, steps, batch_size, learning_rate, seed,
     targets = torch.as_tensor(targets)
 
     def loss(rows):
-        rows = rows.cpu()
         return core("plan_only_loss", [histories[r] for r in rows.tolist()], targets[rows].to(core.lmm.device),
                     None if exclude is None else exclude[rows])
 
@@ -49,8 +48,8 @@ def plan_stage(core, histories, targets, steps, batch_size, learning_rate, seed,
 
 
 def _train(core, loss_of, population, steps, batch_size, learning_rate, seed, name, log_every, offset=0):
-    """``steps`` AdamW steps (10% warm-up, cosine decay) on ``loss_of(indices)`` for ``batch_size`` indices drawn
-    uniformly from ``offset .. offset + population - 1`` with ``seed``'s generator."""
+    """``steps`` AdamW steps (10% warm-up, cosine decay) on ``loss_of(indices)`` for ``batch_size`` indices (on the
+    CPU) drawn uniformly from ``offset .. offset + population - 1`` with ``seed``'s generator."""
     params = [p for p in core.parameters() if p.requires_grad]
     optimizer = OptimizerSteps(torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.01), params, total_steps=steps,
                                warmup=max(1, steps // 10), schedule="cosine", grad_clip=1.0)
@@ -59,7 +58,7 @@ def _train(core, loss_of, population, steps, batch_size, learning_rate, seed, na
     core.train()
     try:
         for step in range(steps):
-            indices = torch.randint(offset, offset + population, (batch_size,), generator=generator).to(core.lmm.device)
+            indices = torch.randint(offset, offset + population, (batch_size,), generator=generator)
             loss = loss_of(indices)
             optimizer.backward(loss)
             losses.append(loss.item())
