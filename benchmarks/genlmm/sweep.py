@@ -44,6 +44,10 @@ DESIGNS = {
     "id-embedding": dict(PLAN, item_id_embedding=True),
     "plan-stage": dict(PLAN, plan_stage_steps=1000),
     "plan-stage-teacher": dict(PLAN, plan_stage_steps=1000, plan_teacher_file="@teacher", plan_teacher_weight=0.5),
+    # drawing fidelity (how often a drawing's nearest item is its plan): a longer catalogue pre-training, and with it
+    # the tokenizer's (the full preset's artifacts; the tokenizer's also changes the drawn twins' ceiling)
+    "pretrain-1500": dict(PLAN, pretrain_steps=1500),
+    "artifacts-1500": dict(PLAN, pretrain_steps=1500, vq_train_steps=1500),
 }
 SAMPLING = {
     "default": {},
