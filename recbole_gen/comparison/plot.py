@@ -1,9 +1,9 @@
 """results.png: the preset's main metrics (``plot_metrics``, slices of test users included, e.g. ``hit@10|cold``) for
-every row with their intervals, one panel per metric (:data:`PER_ROW` a row of panels), competitors above and
-reference rows (hollow, grey) below a dashed line; the best competitor is dark."""
+every row with their intervals, one panel per metric (:data:`PER_ROW` a row of panels), competitors above in
+results.md's order (by block) and reference rows (hollow, grey) below a dashed line; the best competitor is dark."""
 from pathlib import Path
 
-from recbole_gen.comparison.report import arrow, display_name
+from recbole_gen.comparison.report import arrow, by_block, display_name
 
 BEST, OTHER, REFERENCE = "#1f4e79", "#7da7d9", "#8c8c8c"
 PER_ROW = 4
@@ -18,7 +18,8 @@ def write_plot(out, preset, dataset, table):
 
     metrics = [m for m in preset["plot_metrics"] if any(entry["metrics"].get(m, {}).get("value") is not None
                                                         for entry in table)]
-    ordered = [entry for entry in table if not entry["reference"]] + [entry for entry in table if entry["reference"]]
+    competitors = [entry for _, rows in by_block([entry for entry in table if not entry["reference"]]) for entry in rows]
+    ordered = competitors + [entry for entry in table if entry["reference"]]   # results.md's order
     columns = min(PER_ROW, max(1, len(metrics)))
     lines = -(-max(1, len(metrics)) // columns)
     figure, axes = plt.subplots(lines, columns, sharey=True, squeeze=False,
@@ -49,7 +50,7 @@ def write_plot(out, preset, dataset, table):
     users = sorted({entry["test_users"] for entry in table})
     figure.suptitle(f"{dataset}: {', '.join(f'{u:,}' for u in users)} test users, "
                     f"{float(preset['interval_level']):.0%} bootstrap intervals", fontsize=10)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.3 / figure.get_figheight()))   # 0.3 in for the title
     path = Path(out) / "results.png"
     figure.savefig(path, dpi=110)
     plt.close(figure)

@@ -202,7 +202,7 @@ def _slice_lines(rows, cells, parts, metrics):
                                           for m in metrics)] for row in rows])
 
 
-def _blocks(rows):
+def by_block(rows):
     """``[(title, rows)]`` of the competitors, in the order their blocks first appear."""
     order = list(dict.fromkeys(row.get("block", "rankers") for row in rows))
     return [(BLOCKS.get(block, block), [row for row in rows if row.get("block", "rankers") == block]) for block in order]
@@ -300,7 +300,7 @@ def write_report(out, preset, dataset, rows, draws, shared_config, command):
     hidden = [display_name(c) for c in columns if c not in shown]
     competitors = [row for row in rows if not row.get("reference")]
     references = [row for row in rows if row.get("reference")]
-    blocks = _blocks(competitors)
+    blocks = by_block(competitors)
     headline = [c for c in preset.get("headline") or shown if c in shown]
     lines = [
         f"# {dataset}: generators and recommenders side by side",
