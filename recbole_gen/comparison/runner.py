@@ -46,8 +46,11 @@ class Row:
     block: str
 
 
-def load_preset(preset):
-    """A preset by name (``properties/benchmark/<name>.yaml``) or by path."""
+def load_preset(preset, _extending=()):
+    """A preset by name (``properties/benchmark/<name>.yaml``) or by path. ``extends: <preset>`` starts from that
+    preset: this file's top-level keys replace the base's, except ``config`` and ``rows``, which are updated key by
+    key (a row named here replaces the base's row; a ``config`` key set to ``~`` is removed, so the model's default
+    applies)."""
     path = Path(preset)
     if not path.is_file():
         path = properties_dir() / "benchmark" / f"{preset}.yaml"
@@ -55,7 +58,15 @@ def load_preset(preset):
         names = sorted(p.stem for p in (properties_dir() / "benchmark").glob("*.yaml"))
         raise BenchmarkError(f"no benchmark preset '{preset}': give a yaml file or one of {', '.join(names)}")
     with open(path, encoding="utf-8") as f:
-        return {"name": path.stem, **yaml.safe_load(f)}
+        own = yaml.safe_load(f)
+    base = own.pop("extends", None)
+    if base is None:
+        return {"name": path.stem, **own}
+    if path.resolve() in _extending:
+        raise BenchmarkError(f"preset {path} extends itself through {base}")
+    parent = load_preset(base, (*_extending, path.resolve()))
+    config = {key: value for key, value in {**parent["config"], **own.get("config", {})}.items() if value is not None}
+    return {**parent, **own, "name": path.stem, "config": config, "rows": {**parent["rows"], **own.get("rows", {})}}
 
 
 def plan_rows(preset, models=None):
