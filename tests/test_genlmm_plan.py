@@ -115,6 +115,11 @@ def test_the_plan_stage_is_cached_and_rebuilt_when_its_settings_change(gtiny, mo
     assert all(torch.equal(a, b) for a, b in zip(first.core.saved_state_dict().values(), again.core.saved_state_dict().values()))
     make_model(gtiny, **{**settings, "plan_stage_learning_rate": 1e-4})
     assert len(calls) == 2
+    # only the plan head moves: the item vectors and the language model condition the drawing too
+    before, after = make_model(gtiny, **{**settings, "plan_stage_steps": 0}).core.saved_state_dict(), first.core.saved_state_dict()
+    head = {name for name, p in first.core.named_parameters() if any(p is q for q in first.core.plan_head_parameters())}
+    assert head == {"plan_query.weight", "plan_query.bias", "plan_bias", "recency"}
+    assert [name for name in before if not torch.equal(before[name], after[name])] == sorted(head, key=list(before).index)
 
 
 def test_drawing_follows_the_plan_on_a_memorised_catalogue(emoji64, gtiny):

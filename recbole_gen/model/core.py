@@ -325,6 +325,13 @@ class GenLMMCore(ItemContent, nn.Module):
             match = match + taste[:, values]
         return match
 
+    def plan_head_parameters(self):
+        """The plan head's own parameters (its query projection, item bias and history-match weights): what the plan
+        stage trains. The item vectors and the language model also condition the drawing, so they are left to the
+        stages that train drawing too."""
+        own = [self.plan_bias, self.recency]
+        return [*self.plan_query.parameters(), *(p for p in own if p is not None)]
+
     def plan_of(self, items):
         """The plan that teaches drawing ``items``: the item itself, or its semantic code."""
         return items if self.settings.plan == "item" else self.plan_code[items]

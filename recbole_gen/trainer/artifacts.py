@@ -227,7 +227,7 @@ def _plan_stage(cache, settings, model, info, catalogue):
                                                    "plan_stage_seed")}
     split = hashlib.blake2b(b"".join(t.numpy().tobytes() for t in (item_seq, item_len, targets)), digest_size=8).hexdigest()
     key = _pretraining_key(core, info, catalogue, {**run, "rows": split, "pretrain": info.get("pretrain"),
-                                                   "repeatable": model.repeatable})
+                                                   "repeatable": model.repeatable, "trains": "plan head"})
 
     def build():
         result = plan_stage(core, core.histories(item_seq, item_len), targets, settings.plan_stage_steps,
