@@ -49,7 +49,7 @@ class Row:
 def load_preset(preset, _extending=()):
     """A preset by name (``properties/benchmark/<name>.yaml``) or by path. ``extends: <preset>`` starts from that
     preset: this file's top-level keys replace the base's, except ``config`` and ``rows``, which are updated key by
-    key (a row named here replaces the base's row; a ``config`` key set to ``~`` is removed, so the model's default
+    key (a row named here replaces the base's row; a ``config`` key this file sets to ``~`` is removed, so the model's default
     applies)."""
     path = Path(preset)
     if not path.is_file():
@@ -64,9 +64,10 @@ def load_preset(preset, _extending=()):
         return {"name": path.stem, **own}
     if path.resolve() in _extending:
         raise BenchmarkError(f"preset {path} extends itself through {base}")
-    parent = load_preset(base, (*_extending, path.resolve()))
-    config = {key: value for key, value in {**parent["config"], **own.get("config", {})}.items() if value is not None}
-    return {**parent, **own, "name": path.stem, "config": config, "rows": {**parent["rows"], **own.get("rows", {})}}
+    parent, own_config = load_preset(base, (*_extending, path.resolve())), own.get("config", {})
+    config = {key: value for key, value in {**parent.get("config", {}), **own_config}.items()
+              if not (key in own_config and value is None)}
+    return {**parent, **own, "name": path.stem, "config": config, "rows": {**parent.get("rows", {}), **own.get("rows", {})}}
 
 
 def plan_rows(preset, models=None):
