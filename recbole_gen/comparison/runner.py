@@ -49,8 +49,8 @@ class Row:
 def load_preset(preset, _extending=()):
     """A preset by name (``properties/benchmark/<name>.yaml``) or by path. ``extends: <preset>`` starts from that
     preset: this file's top-level keys replace the base's, except ``config`` and ``rows``, which are updated key by
-    key (a row named here replaces the base's row; a ``config`` key this file sets to ``~`` is removed, so the model's default
-    applies)."""
+    key (a row named here replaces the base's row; a ``config`` key this file sets to ``~`` is removed, so the
+    model's default applies)."""
     path = Path(preset)
     if not path.is_file():
         path = properties_dir() / "benchmark" / f"{preset}.yaml"

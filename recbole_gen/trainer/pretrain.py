@@ -39,8 +39,8 @@ def pretrain(core, steps, batch_size, learning_rate, seed, instruction, log_ever
 def plan_stage(core, histories, targets, steps, batch_size, learning_rate, seed, exclude=None, log_every=100):
     """Train ``core``'s plan head (:meth:`~recbole_gen.model.core.GenLMMCore.plan_head_parameters`) on the plan's
     cross-entropy over the rows ``histories`` (lists of item ids) -> ``targets`` (``LongTensor``), leaving each row's
-    ``exclude`` items (``[rows, c]``, 0-padded: what its user
-    already took, under ``repeatable: False``) out of the softmax; returns the losses' summary."""
+    ``exclude`` items (``[rows, c]``, 0-padded: what its user already took, under ``repeatable: False``) out of the
+    softmax; returns the losses' summary."""
     targets = torch.as_tensor(targets)
 
     def loss(rows):
