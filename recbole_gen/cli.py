@@ -106,7 +106,7 @@ def _benchmark(args, rest):
 
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
     out = run_benchmark(args.preset, models=models, dataset=args.dataset, out=args.out, resume=args.resume,
-                        overrides=parse_overrides(rest), command=" ".join(["recbole-gen", *sys.argv[1:]]))
+                        overrides=parse_overrides(rest), command=" ".join(["recbole-gen", *sys.argv[1:]]), jobs=args.jobs)
     print(f"results: {out / 'results.md'}\ngallery: {out / 'gallery.html'} and {out / 'gallery.png'}")
     return 0
 
@@ -266,6 +266,8 @@ def main(argv=None):
     bench.add_argument("--models", default=None, help="comma-separated rows, e.g. Pop,SASRec,GenLMM-SFT (default: the preset's)")
     bench.add_argument("--out", default=None, help="results folder (default: results/<dataset>-<time>)")
     bench.add_argument("--resume", action="store_true", help="keep finished rows of --out (or of the latest run)")
+    bench.add_argument("--jobs", type=int, default=None,
+                       help="rows run at a time, sharing the cores (default: the preset's jobs)")
     bench.set_defaults(handler=_benchmark)
     args, rest = parser.parse_known_args(argv)
     return _guarded(args.handler, args, rest, f"recbole-gen {args.command}")

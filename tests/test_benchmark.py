@@ -1,7 +1,8 @@
 """The benchmark runner on the tiny preset: every output, every column with its interval, the headline and its reading,
-blocks and reference rows apart, slices of test users, resume, early failures."""
+blocks and reference rows apart, slices of test users, resume, early failures; rows side by side (jobs)."""
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ from PIL import Image
 
 import recbole_gen
 from recbole_gen.comparison import BenchmarkError, load_preset, plan_rows, run_benchmark
-from recbole_gen.comparison.runner import run_in_process
+from recbole_gen.comparison.runner import Row, run_in_process, run_rows
 from recbole_gen.cli import main
 
 
@@ -150,3 +151,47 @@ def test_rows_spin_unless_the_environment_chose_a_wait_policy(monkeypatch):
     monkeypatch.setattr(recbole_gen, "OMP_WAIT_POLICY_FROM_ENVIRONMENT", "PASSIVE")
     assert run_in_process(_wait_policy) == ("ok", "PASSIVE")
     assert os.environ.get("OMP_WAIT_POLICY") == before
+
+
+def _timed(seconds, fail, queue, parent_pid):
+    started = time.time()
+    time.sleep(seconds)
+    queue.put(("error", "ValueError: asked to fail") if fail else ("ok", (started, time.time())))
+
+
+def test_rows_run_side_by_side_after_the_rows_they_need():
+    """--jobs 2: a row starts as soon as a slot is free and its '@Row's have finished; a resumed row takes no slot."""
+    rows = [Row("A", "m", {}, [], False, "rankers"), Row("B", "m", {}, ["A"], False, "rankers"),
+            Row("C", "m", {}, [], False, "rankers"), Row("Done", "m", {}, [], False, "rankers")]
+    spans = {}
+    run_rows(rows, lambda row: None if row.name == "Done" else (_timed, 1.0 if row.name == "A" else 0.2, False),
+             lambda row, span: spans.update({row.name: span}), jobs=2, threads=1)
+    assert set(spans) == {"A", "B", "C"}
+    assert spans["C"][0] < spans["A"][1] and spans["B"][0] >= spans["A"][1]  # C beside A, B after it
+
+
+def test_a_failed_row_stops_the_rows_beside_it():
+    rows = [Row("Slow", "m", {}, [], False, "rankers"), Row("Broken", "m", {}, [], False, "rankers")]
+    started = {}
+
+    def start(row):
+        started[row.name] = (_timed, 60 if row.name == "Slow" else 0.1, row.name == "Broken")
+        return started[row.name]
+
+    begun = time.time()
+    with pytest.raises(RuntimeError, match="row 'Broken' failed: ValueError: asked to fail"):
+        run_rows(rows, start, lambda row, payload: None, jobs=2, threads=1)
+    assert time.time() - begun < 30 and set(started) == {"Slow", "Broken"}
+
+
+def _threads(queue, parent_pid):
+    import torch
+
+    queue.put(("ok", (os.environ.get("OMP_NUM_THREADS"), torch.get_num_threads())))
+
+
+def test_each_row_gets_its_share_of_the_threads():
+    shares = []
+    run_rows([Row("A", "m", {}, [], False, "rankers")], lambda row: (_threads,), lambda row, payload: shares.append(payload),
+             jobs=2, threads=1)
+    assert shares == [("1", 1)] and os.environ.get("OMP_NUM_THREADS") != "1"

@@ -1,6 +1,9 @@
 """Item images: the dataset format, the store's pixels/texts/hashes, the disk cache, validation."""
+import contextlib
 import copy
 import logging
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +14,7 @@ from PIL import Image
 import recbole_gen.data.images as images_module
 from recbole_gen.config import Config
 from recbole_gen.data import ItemImageError, ItemImageStore, create_dataset
+from recbole_gen.data.cache import ArtifactCache
 
 N_ITEMS = 12
 
@@ -262,3 +266,24 @@ def test_embeddings_stay_out_of_normalisation(pics):
     store, _, config = load_store(pics.parent, normalize_all=True)
     features = np.asarray(store.cached("emb", {}, lambda idx, px: px.flatten(1).numpy() * 10 - 3))
     assert features.max() > 1.0 and features.min() < 0.0
+
+
+def test_an_artifact_asked_for_while_it_is_built_is_built_once(tmp_path):
+    """Two benchmark rows that start together (jobs: 2) and need the same image tokenizer: one trains it, the other
+    waits for it and loads it."""
+    cache, builds = ArtifactCache(tmp_path, lambda: contextlib.nullcontext()), []
+
+    def build():
+        builds.append(threading.get_ident())
+        time.sleep(0.5)
+        return {"w": torch.arange(3.0)}, {"steps": 1}
+
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(cache.load_or_build("vq/vq", "k", build, "a tokenizer")))
+               for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(builds) == 1 and len(results) == 2
+    assert all(torch.equal(state["w"], torch.arange(3.0)) and info["steps"] == 1 for state, info in results)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 from tqdm import tqdm
 
@@ -147,52 +148,114 @@ def _plain(value):
 
 
 @contextlib.contextmanager
-def spinning_openmp():
+def row_environment(threads=None):
     """While open, spawned processes get ``OMP_WAIT_POLICY=ACTIVE`` (OpenMP's own default) unless the user's
-    environment named a policy. Rows run one at a time, alone on the machine, where the package's passive default
+    environment named a policy, and ``threads`` threads in every OpenMP runtime they load (torch's, faiss's). A row
+    has its cores to itself (alone, or beside rows on the other cores: ``jobs``), where the package's passive default
     (for runs that share the CPU, recbole_gen/__init__.py) costs a ranker ~20% per epoch and the bootstrap's
     eigensolver 3x (measured in docs/reliability.md)."""
-    previous = os.environ.get("OMP_WAIT_POLICY")
+    names = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    previous = {name: os.environ.get(name) for name in names}
     os.environ["OMP_WAIT_POLICY"] = recbole_gen.OMP_WAIT_POLICY_FROM_ENVIRONMENT or "ACTIVE"
+    if threads is not None:
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
     try:
         yield
     finally:
-        if previous is None:
-            del os.environ["OMP_WAIT_POLICY"]
-        else:
-            os.environ["OMP_WAIT_POLICY"] = previous
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+class Spawned:
+    """``target(*args, queue, parent_pid)`` in a spawned process (:func:`row_environment`); :meth:`poll` returns the
+    message it put on ``queue`` once there is one, ``(None, exit code)`` if it died without one, else None."""
+
+    def __init__(self, target, *args, threads=None):
+        context = multiprocessing.get_context("spawn")
+        self.queue = context.SimpleQueue()
+        self.process = context.Process(target=target, args=(*args, self.queue, os.getpid()))
+        with row_environment(threads):
+            self.process.start()
+
+    def poll(self):
+        # read the message while the process still runs: one larger than the pipe's buffer (a row's bootstrap
+        # draws) blocks the process until it is read, so waiting for its exit first would wait forever
+        alive = self.process.is_alive()
+        if not self.queue.empty():
+            message = self.queue.get()
+            self.process.join()
+            return message
+        if alive:
+            return None
+        self.process.join()
+        return None, self.process.exitcode
+
+    def stop(self):
+        if self.process.is_alive():  # interrupted, or another row failed: stop it too
+            self.process.terminate()
+            self.process.join()
+
+
+#: how often a waiting benchmark looks at its running rows
+POLL_SECONDS = 0.2
 
 
 def run_in_process(target, *args):
-    """``target(*args, queue, parent_pid)`` in a spawned process (:func:`spinning_openmp`); returns the message it
-    put on ``queue``, or None if it died without one."""
-    context = multiprocessing.get_context("spawn")
-    queue = context.SimpleQueue()
-    process = context.Process(target=target, args=(*args, queue, os.getpid()))
-    with spinning_openmp():
-        process.start()
+    """:class:`Spawned` ``target(*args, queue, parent_pid)``, waited for: its message."""
+    spawned = Spawned(target, *args)
     try:
-        # read the message while the process still runs: one larger than the pipe's buffer (a row's bootstrap
-        # draws) blocks the process until it is read, so joining first would wait forever
-        while process.is_alive() and queue.empty():
-            process.join(timeout=1)
-        message = None if queue.empty() else queue.get()
-        process.join()
+        while (message := spawned.poll()) is None:
+            spawned.process.join(timeout=POLL_SECONDS)
     finally:
-        if process.is_alive():  # interrupted: stop it too
-            process.terminate()
-            process.join()
-    return message if message is not None else (None, process.exitcode)
+        spawned.stop()
+    return message
 
 
-def _run_row(row, dataset, config_dict, bootstrap):
-    """``(result, bootstrap draws)`` of one row, run in its own process."""
-    status, payload = run_in_process(_row_worker, row.model, dataset, config_dict, bootstrap)
-    if status is None:
-        raise RuntimeError(f"row '{row.name}' died without a result (exit code {payload})")
-    if status != "ok":
-        raise RuntimeError(f"row '{row.name}' failed: {payload}")
-    return payload
+def run_rows(rows, start, finish, jobs=1, threads=None):
+    """Run ``rows`` in spawned processes, up to ``jobs`` at a time with ``threads`` each; the next to start is the first
+    of ``rows`` still waiting whose needs have finished. ``start(row)`` gives
+    ``(target, *args)``, or None when the row has nothing to run (resumed); ``finish(row, payload)`` takes a row's
+    result. The first failure stops the rows still running and raises."""
+    waiting, running, done = list(rows), {}, set()
+    progress = tqdm(total=len(rows), desc="benchmark rows", unit="row")
+    try:
+        while waiting or running:
+            ready = [row for row in waiting if set(row.needs) <= done]
+            if not ready and not running:
+                raise BenchmarkError(f"rows {', '.join(row.name for row in waiting)} need rows that are not run")
+            if ready and len(running) < jobs:
+                row = ready[0]
+                waiting.remove(row)
+                call = start(row)
+                if call is None:
+                    done.add(row.name)
+                    progress.update()
+                else:
+                    running[row.name] = (row, Spawned(*call, threads=threads))
+                    progress.set_postfix_str(", ".join(running))
+                continue
+            for name, (row, spawned) in list(running.items()):
+                message = spawned.poll()
+                if message is None:
+                    continue
+                del running[name]
+                status, payload = message
+                if status is None:
+                    raise RuntimeError(f"row '{name}' died without a result (exit code {payload})")
+                if status != "ok":
+                    raise RuntimeError(f"row '{name}' failed: {payload}")
+                finish(row, payload)
+                done.add(name)
+                progress.update()
+                progress.set_postfix_str(", ".join(running))
+            time.sleep(POLL_SECONDS)
+    finally:
+        for _, spawned in running.values():
+            spawned.stop()
+        progress.close()
 
 
 def _write_json(path, data):
@@ -217,7 +280,8 @@ def default_out_dir(dataset, resume):
     return root / f"{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def run_benchmark(preset="default", models=None, dataset=None, out=None, resume=False, overrides=None, command=None):
+def run_benchmark(preset="default", models=None, dataset=None, out=None, resume=False, overrides=None, command=None,
+                  jobs=None):
     """Run (or resume) a benchmark; returns the results folder with results.md/.csv/.json/.png and the gallery."""
     from recbole_gen.comparison.gallery import write_gallery
     from recbole_gen.comparison.plot import write_plot
@@ -228,38 +292,53 @@ def run_benchmark(preset="default", models=None, dataset=None, out=None, resume=
     preset = load_preset(preset)
     dataset = dataset or preset["dataset"]
     rows = plan_rows(preset, models)
+    jobs = int(jobs or preset["jobs"])
+    if jobs < 1:
+        raise BenchmarkError(f"jobs must be >= 1, got {jobs}")
     shared = {**(preset.get("config") or {}), **(overrides or {})}
     ensure_dataset_files(Config(model=rows[0].model, dataset=dataset, config_dict=shared))  # fail before training
 
     out = Path(out) if out else default_out_dir(dataset, resume)
     (out / "rows").mkdir(parents=True, exist_ok=True)
-    shared = {**shared, "log_dir": str(out / "logs"), "checkpoint_dir": str(out / "saved")}
+    shared = {**shared, "log_dir": str(out / "logs")}
     samples = int(preset["bootstrap_samples"])
     bootstrap = {"samples": samples, "slices": preset.get("slices") or {}, "slice_metrics": preset.get("slice_metrics") or []}
-    results, draws = {}, {}
-    progress = tqdm(rows, desc="benchmark rows", unit="row")
-    for row in progress:
-        progress.set_postfix_str(row.name)
+    results, draws, configs = {}, {}, {}
+
+    def start(row):
+        config_dict = {**shared, **{k: _resolve(v, results) for k, v in row.config.items()},
+                       "checkpoint_dir": str(out / "saved" / row.name)}  # rows of one model may start in one second
+        configs[row.name] = config_dict
+        key = _row_key(row, dataset, config_dict, bootstrap)
         row_file, draws_file = out / "rows" / f"{row.name}.json", out / "rows" / f"{row.name}.npz"
-        config_dict = {**shared, **{k: _resolve(v, results) for k, v in row.config.items()}}
-        key = digest({"model": row.model, "dataset": dataset, "config": config_dict, "bootstrap": bootstrap})
         if resume and row_file.is_file() and draws_file.is_file():
             previous = json.loads(row_file.read_text())
             if previous.get("key") == key:
                 results[row.name], draws[row.name] = previous, _read_draws(draws_file)
-                continue
-        result, row_draws = _run_row(row, dataset, config_dict, bootstrap)
+                return None
+        return _row_worker, row.model, dataset, config_dict, bootstrap
+
+    def finish(row, payload):
+        result, row_draws = payload
         results[row.name] = {"row": row.name, "model": row.model, "config": row.config, "reference": row.reference,
-                             "block": row.block, "key": key, **result, "bootstrap": {"samples": samples, "seed": config_dict["seed"],
-                                                                 "users": row_draws["users"]}}
+                             "block": row.block, "key": _row_key(row, dataset, configs[row.name], bootstrap), **result,
+                             "bootstrap": {"samples": samples, "seed": configs[row.name]["seed"], "users": row_draws["users"]}}
         draws[row.name] = row_draws["metrics"]
-        _write_draws(draws_file, draws[row.name])
-        _write_json(row_file, results[row.name])
+        _write_draws(out / "rows" / f"{row.name}.npz", draws[row.name])
+        _write_json(out / "rows" / f"{row.name}.json", results[row.name])
+
+    first = [row for name in preset.get("run_first") or [] for row in rows if row.name == name]
+    run_rows(first + [row for row in rows if row not in first], start, finish, jobs, max(1, torch.get_num_threads() // jobs))
     ordered = [results[row.name] for row in rows]
     table = write_report(out, preset, dataset, ordered, draws, shared, command)
     write_plot(out, preset, dataset, table)
     write_gallery(out, preset, dataset, ordered, shared)
     return out
+
+
+def _row_key(row, dataset, config_dict, bootstrap):
+    """What a finished row must match to be kept by ``resume``."""
+    return digest({"model": row.model, "dataset": dataset, "config": config_dict, "bootstrap": bootstrap})
 
 
 def _resolve(value, results):

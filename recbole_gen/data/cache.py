@@ -193,20 +193,33 @@ class ArtifactCache:
 
     def load_or_build(self, prefix, key, build, what):
         """``(state_dict, info)`` of artifact ``key`` (``prefix`` may name a subfolder), from disk or from
-    ``build() -> (state_dict, info)`` now."""
+        ``build() -> (state_dict, info)`` now. One process builds it; another that asks meanwhile (a benchmark's
+        concurrent rows) waits on the artifact's own lock and then loads it."""
         weights, meta = self.folder / f"{prefix}-{key}.pt", self.folder / f"{prefix}-{key}.json"
-        if weights.is_file() and meta.is_file():
-            try:
-                return torch.load(weights, map_location="cpu", weights_only=True), json.loads(meta.read_text())
-            except Exception as error:  # a damaged artifact is rebuilt, never trusted
-                logger.warning(f"ignoring the unreadable cached file {weights} ({what}; {type(error).__name__}: "
-                               f"{str(error).splitlines()[0]}); rebuilding it")
-        logger.info(f"building {what} (cached as {weights})")
-        start = time.time()
-        state, info = build()
-        info = {"key": key, **info, "build_seconds": round(time.time() - start, 1)}
-        state = {k: v.detach().cpu() for k, v in state.items()}
-        with self.lock():
-            atomic_write(weights, lambda f: torch.save(state, f), size=array_bytes(state))
-            atomic_write_bytes(meta, json.dumps(info, indent=1, default=str).encode())
+        loaded = self._load(weights, meta, what)
+        if loaded is not None:
+            return loaded
+        with folder_lock(weights, shared=False):
+            loaded = self._load(weights, meta, what)
+            if loaded is not None:
+                return loaded
+            logger.info(f"building {what} (cached as {weights})")
+            start = time.time()
+            state, info = build()
+            info = {"key": key, **info, "build_seconds": round(time.time() - start, 1)}
+            state = {k: v.detach().cpu() for k, v in state.items()}
+            with self.lock():
+                atomic_write(weights, lambda f: torch.save(state, f), size=array_bytes(state))
+                atomic_write_bytes(meta, json.dumps(info, indent=1, default=str).encode())
         return state, info
+
+    @staticmethod
+    def _load(weights, meta, what):
+        if not (weights.is_file() and meta.is_file()):
+            return None
+        try:
+            return torch.load(weights, map_location="cpu", weights_only=True), json.loads(meta.read_text())
+        except Exception as error:  # a damaged artifact is rebuilt, never trusted
+            logger.warning(f"ignoring the unreadable cached file {weights} ({what}; {type(error).__name__}: "
+                           f"{str(error).splitlines()[0]}); rebuilding it")
+            return None
