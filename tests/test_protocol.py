@@ -152,6 +152,12 @@ def test_category_pop_ranks_the_recent_categories_then_popularity(gtiny):
     assert (category[order[0, last:last + first]] == category[a]).all()
     counts = model.item_count[order[0, :last]]
     assert (counts[:-1] >= counts[1:]).all() and counts[0] > counts[-1]  # within it, by training popularity
+    # equal counts follow the seeded tie order, not RecBole's ids (numbered by first appearance, held-out rows included)
+    place = torch.argsort(model.tie_order)[order[0, :last]]
+    tied = counts[:-1] == counts[1:]
+    assert tied.any() and (place[:-1][tied] < place[1:][tied]).all()
+    assert torch.equal(CategoryPop(config, train._dataset).tie_order, model.tie_order)
+    assert not torch.equal(model.tie_order, torch.arange(len(model.tie_order)))
     assert torch.equal(order[1, :last], order[0, :last])  # [a, b, b]: b's category weighs 1.5 against a's 0.25
     with pytest.raises(ConfigError, match="category_field 'nosuch' is not a loaded item field"):
         CategoryPop(Config(model="CategoryPop", dataset="gtiny", config_dict=recbole_config(
