@@ -235,3 +235,39 @@ def test_the_fd_axes_are_computed_once_per_catalogue_and_a_damaged_file_is_rebui
     (saved,) = (dataset.image_store.cache.root / "fd-axes").glob("*.pt")
     saved.write_bytes(b"not an array")
     assert torch.equal(build(), first) and len(calls) == 2
+
+
+class ScoreRanker(SequentialRecommender):
+    """Every user gets the same scores: all equal (``tied``), or falling with the item id."""
+
+    input_type = InputType.POINTWISE
+    tied = True
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def full_sort_predict(self, interaction):
+        scores = torch.zeros(self.n_items) if self.tied else -torch.arange(self.n_items, dtype=torch.float)
+        return scores.expand(len(interaction), -1).clone()
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_equal_scores_are_ranked_in_the_seeded_tie_order_not_by_item_id(setup, monkeypatch, tied):
+    """RecBole numbers items by first appearance in the .inter file (held-out rows included): its top-k would rank
+    equal scores by that number. Tied items come in an order set by the seed; distinct scores keep their order."""
+    monkeypatch.setattr(ScoreRanker, "tied", tied)
+    ranked = []
+    for seed in (1, 2):
+        config, dataset, train, valid, test = setup(ScoreRanker, metrics=("Hit", "ShannonEntropy"), seed=seed)
+        trainer = with_image_evaluation(Trainer)(config, ScoreRanker(config, train._dataset))
+        trainer.set_future_data(test)
+        result = trainer.evaluate(valid, load_best_model=False)
+        struct = trainer.eval_collector.last_struct
+        items, hits = struct.get("rec.items"), struct.get("rec.topk")[:, :-1]
+        targets = valid._dataset.inter_feat[config["ITEM_ID_FIELD"]]
+        assert torch.equal(hits.bool(), items == targets.view(-1, 1))  # hits and items agree, item ids restored
+        assert result["hit@5"] == pytest.approx(float(hits[:, :5].any(1).float().mean()), abs=1e-4)  # 4 decimals
+        ranked.append(items)
+    lowest_ids = all(sorted(row.tolist()) == row.tolist() for row in ranked[0])
+    assert torch.equal(ranked[0], ranked[1]) != tied and lowest_ids != tied

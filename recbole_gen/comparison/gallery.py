@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from recbole_gen.data import CONSUMED
 from recbole_gen.model.generative import GenerativeRecommender
+from recbole_gen.model.ties import tie_order, top_items
 
 HISTORY_SHOWN = 5
 TILE = 64
@@ -35,7 +36,7 @@ def _images_for_row(model, config, interaction, exclude, n_samples, seed, store)
     scores[:, 0] = -torch.inf
     if exclude is not None:
         scores.scatter_(1, exclude.cpu(), -torch.inf)
-    top = scores.topk(n_samples, dim=1).indices
+    top = top_items(scores, n_samples, tie_order(scores.shape[1], config["seed"]))
     pixels = store.pixels(top.flatten())
     return pixels.view(*top.shape, *pixels.shape[1:])
 

@@ -31,6 +31,7 @@ from recbole_gen.evaluator.distributed import RECBOLE_ROW_KEYS, gather_struct, r
 from recbole_gen.evaluator.functional import FrechetStats, image_metrics
 from recbole_gen.evaluator.metrics import NEED
 from recbole_gen.evaluator.scoring import TopKScores
+from recbole_gen.model.ties import tie_order, top_items
 
 SAMPLES, SAMPLE_MASK, SAMPLE_PLANS = "gen_sample_emb", "gen_sample_mask", "gen_sample_plans"
 USER, POSITION, TARGET_COUNT = "eval.user", "eval.position", "eval.target_count"
@@ -43,7 +44,7 @@ SUM_KEYS = ("gen.fd_stats",)
 class ImageCollector(Collector):
     def __init__(self, config):
         super().__init__(config)
-        self.catalogue = self.judge = self.future_by_user = self.last_struct = self.item_counts = None
+        self.catalogue = self.judge = self.future_by_user = self.last_struct = self.item_counts = self.tie_order = None
         self.eval_rows = self.rows_seen = 0
         self.gathers = False
 
@@ -66,6 +67,8 @@ class ImageCollector(Collector):
     def eval_batch_collect(self, scores_tensor, interaction, positive_u, positive_i):
         if isinstance(scores_tensor, TopKScores):
             self._collect_topk(scores_tensor, positive_u.cpu(), positive_i.cpu())
+        elif scores_tensor.dim() == 2:  # a full ranking: RecBole's, with equal scores in the seeded tie order
+            self._collect_ranking(scores_tensor, interaction, positive_u, positive_i)
         else:
             super().eval_batch_collect(scores_tensor, interaction, positive_u, positive_i)
         uid = self.config["USER_ID_FIELD"]
@@ -92,6 +95,25 @@ class ImageCollector(Collector):
         self.last_struct = struct
         return struct
 
+    def _collect_ranking(self, scores, interaction, positive_u, positive_i):
+        """RecBole's collection of a ``[B, items]`` ranking over the columns permuted by :func:`tie_order` (its top-k
+        would otherwise pick among equal scores by column, i.e. by item id: :mod:`recbole_gen.model.ties`); the rows it
+        adds that name items (``rec.items``) or hold columns (``rec.score``) are mapped back to item ids."""
+        order = self._tie_order(scores.shape[1]).to(scores.device)
+        place = torch.empty_like(order)
+        place[order] = torch.arange(len(order), device=order.device)
+        super().eval_batch_collect(scores[:, order], interaction, positive_u, place[positive_i.to(order.device)])
+        batch, stored = len(scores), self.data_struct._data_dict
+        if self.register.need("rec.items"):
+            stored["rec.items"][-batch:] = order[stored["rec.items"][-batch:]]
+        if self.register.need("rec.score"):
+            stored["rec.score"][-batch:] = stored["rec.score"][-batch:][:, place]
+
+    def _tie_order(self, n):
+        if self.tie_order is None or len(self.tie_order) != n:
+            self.tie_order = tie_order(n, self.config["seed"])
+        return self.tie_order
+
     def _collect_topk(self, top, positive_u, positive_i):
         """RecBole's ``rec.items`` and ``rec.topk`` as ``Collector.eval_batch_collect`` derives them from dense scores
         (top items; whether each is a positive, then the row's positive count), from the top items alone: a positive
@@ -115,9 +137,10 @@ class ImageCollector(Collector):
             return interaction[SAMPLES].detach().float().cpu(), mask
         catalogue = self.catalogue
         n = self.config["eval_image_samples"]
-        top_scores, top_items = torch.topk(scores.detach().float().cpu(), min(n, scores.shape[1]), dim=1)
-        mask = torch.isfinite(top_scores) & (top_items > 0) & catalogue.has_image[top_items]
-        return catalogue.embeddings[top_items], mask
+        scores = scores.detach().float().cpu()
+        items = top_items(scores, min(n, scores.shape[1]), self._tie_order(scores.shape[1]))
+        mask = torch.isfinite(scores.gather(1, items)) & (items > 0) & catalogue.has_image[items]
+        return catalogue.embeddings[items], mask
 
     def _history(self, interaction):
         seq_field = self.config["ITEM_ID_FIELD"] + self.config["LIST_SUFFIX"]

@@ -3,12 +3,9 @@
 Nothing is learnt but counts. An item's score is the recency-weighted frequency of its category (``category_field``:
 a token field of the ``.item`` file, loaded through ``load_col``; emoji-seq's ``subgroup``) in the user's history, a
 history item ``n`` steps back weighing ``category_decay ** n``; items of equally scored categories (and items of
-categories the user never took) follow their popularity in the training split, and items equal in both follow a
-random order seeded by ``seed``: not RecBole's internal ids, which number the items in order of first appearance in
-the whole ``.inter`` file, validation and test rows included, so that ordering by them told the baseline which of
-two items with the same training count the held-out users took (validation Hit@10 0.444 by id, 0.436 seeded:
-benchmarks/baselines/). Consumed items are left out by the
-evaluation under ``repeatable: False``, as for every ranker. It reads only what a deployment has (the history, the
+categories the user never took) follow their popularity in the training split, and items equal in both follow the
+seeded tie order (:mod:`recbole_gen.model.ties`), not their ids. Consumed items are left out by the evaluation under
+``repeatable: False``, as for every ranker. It reads only what a deployment has (the history, the
 items' categories, training counts), and its decay is chosen on validation like every ranker's settings
 (benchmarks/baselines/).
 """
@@ -20,6 +17,7 @@ from recbole.utils import FeatureType, InputType
 
 from recbole_gen.config import ConfigError, Settings
 from recbole_gen.data.dataloader import training_counts
+from recbole_gen.model.ties import tie_order
 from recbole_gen.model.training_free import TrainingFree
 
 
@@ -50,7 +48,7 @@ class CategoryPop(TrainingFree, SequentialRecommender):
                               f"{dataset.field2type[field].value}")
         self.register_buffer("item_category", dataset.item_feat[field].long().clone())
         self.register_buffer("item_count", training_counts(dataset))
-        self.register_buffer("tie_order", torch.randperm(self.n_items, generator=torch.Generator().manual_seed(config["seed"])))
+        self.register_buffer("tie_order", tie_order(self.n_items, config["seed"]), persistent=False)
 
     def full_sort_predict(self, interaction):
         """``-rank`` of every item: categories by their weight in the history, then training popularity."""

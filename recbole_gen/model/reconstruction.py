@@ -19,6 +19,7 @@ from transformers import JanusVQVAE
 from recbole_gen.model import vq as vqlib
 from recbole_gen.model.frozen import load_recommender
 from recbole_gen.model.generative import Generation, GenerativeRecommender
+from recbole_gen.model.ties import tie_order, top_items
 from recbole_gen.model.training_free import TrainingFree
 from recbole_gen.model.vq import TokenizerArchitecture
 
@@ -53,6 +54,7 @@ class TokenizerReconstruction(TrainingFree, GenerativeRecommender):
         self.ranker = None
         if self.settings.reconstruct == "ranker":
             self.ranker = load_recommender(self.settings.reconstruct_from, dataset, device=config["device"])
+        self.register_buffer("tie_order", tie_order(dataset.item_num, config["seed"]), persistent=False)
 
     # the artifact step's view of the tokenizer
     image_tokenizer = property(lambda self: self.vq)
@@ -83,7 +85,7 @@ class TokenizerReconstruction(TrainingFree, GenerativeRecommender):
         scores = self.ranker.scores(seq, length, users)
         if exclude is not None:
             scores.scatter_(1, exclude.cpu().long(), float("-inf"))
-        return scores.topk(n, dim=1).indices.to(seq.device)
+        return top_items(scores, n, self.tie_order).to(seq.device)
 
     def state_dict(self, *args, **kwargs):
         """The tokenizer, so a checkpoint reconstructs without the artifact cache."""
