@@ -103,13 +103,13 @@ def test_unknown_row_or_model_fails_before_training(capsys):
 def test_a_preset_extends_another(tmp_path):
     base = load_preset("default")
     (tmp_path / "mine.yaml").write_text(
-        "extends: default\nmodels: [Pop, GenLMM-SFT]\nconfig: {seed: 7, vq_train_steps: ~}\n"
+        "extends: default\nmodels: [Pop, GenLMM-SFT]\nconfig: {seed: 7, eval_fd_per_user: ~}\n"
         "rows:\n  GenLMM-SFT: {model: GenLMM, block: generators, epochs: 1}\n  Extra: {model: Pop}\n")
     mine = load_preset(tmp_path / "mine.yaml")
     assert mine["name"] == "mine" and mine["models"] == ["Pop", "GenLMM-SFT"] and "extends" not in mine
-    assert mine["config"]["seed"] == 7 and "vq_train_steps" not in mine["config"]   # ~: the model default applies
+    assert mine["config"]["seed"] == 7 and "eval_fd_per_user" not in mine["config"]   # ~: the model default applies
     assert {k: v for k, v in mine["config"].items() if k not in ("seed",)} == \
-        {k: v for k, v in base["config"].items() if k not in ("seed", "vq_train_steps")}
+        {k: v for k, v in base["config"].items() if k not in ("seed", "eval_fd_per_user")}
     assert mine["rows"]["GenLMM-SFT"] == {"model": "GenLMM", "block": "generators", "epochs": 1}   # replaced whole
     assert mine["rows"]["SASRec"] == base["rows"]["SASRec"] and mine["rows"]["Extra"] == {"model": "Pop"}
     assert mine["slices"] == base["slices"]
