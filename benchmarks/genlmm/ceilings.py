@@ -1,7 +1,7 @@
 """Ceilings: what the drawing can reach, apart from the taste. Evaluation only, on the VALIDATION split.
 
-    python benchmarks/genlmm/ceilings.py --model-file results/<main job>/saved/GenLMM-....pth \\
-        --sasrec-file results/<main job>/saved/SASRec-....pth --out benchmarks/genlmm/results/ceilings.json
+    python benchmarks/genlmm/ceilings.py --model-file results/<main job>/saved/GenLMM-SFT/GenLMM-....pth \\
+        --sasrec-file results/<main job>/saved/SASRec/SASRec-....pth --out benchmarks/genlmm/results/ceilings.json
 
 1. Render fidelity: GenLMM draws every catalogue item from its own "draw this item" prompt (the catalogue
    pre-training's layout: no history, the item as the plan), at temperature 0 and at the evaluation temperature;

@@ -2,7 +2,7 @@
 evaluated here: the defaults are chosen on these numbers and the main job reports test once.
 
     python benchmarks/genlmm/sweep.py --out benchmarks/genlmm/results/sweep [--designs plan-item ...] \\
-        [--teacher results/<main job>/saved/SASRec-....pth] [--preset default] [--dataset emoji-pop]
+        [--teacher results/<main job>/saved/SASRec/SASRec-....pth] [--preset default] [--dataset emoji-pop]
     python benchmarks/genlmm/sweep.py --list
 
 Each *design* trains once with a preset's settings (``--preset``, default ``full``: properties/benchmark/full.yaml,
