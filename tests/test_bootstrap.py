@@ -44,6 +44,19 @@ def test_a_bernoulli_mean_gets_the_textbook_width():
     assert (high - low) / 2 == pytest.approx(half, rel=0.15)
 
 
+def test_an_interval_reaches_its_point_when_the_resamples_are_lopsided():
+    """ImageCoverage of six items, two of them shown to one user each: nearly every resample keeps all six (the
+    percentiles), a few drop one (the mean): the shift alone would put both bounds above the point."""
+    draws = np.full(1000, 6 / 3655)
+    draws[:20] = 5 / 3655
+    point = 6 / 3655
+    low, high = interval(point, draws, 0.95)
+    assert low == pytest.approx(point) and high > point
+    draws[:20] = 7 / 3655  # a few resamples above it instead: both bounds would fall below it
+    low, high = interval(point, draws, 0.95)
+    assert low < point and high == pytest.approx(point)
+
+
 def test_set_level_metrics_recompute_on_resamples():
     nearest = np.array([[1, 2], [2, 3], [4, -1]])
     values = {"user": np.arange(3), "imagecoverage/nearest": nearest, "imagecoverage/items": np.array([10])}

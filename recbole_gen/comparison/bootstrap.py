@@ -7,7 +7,10 @@ resamples, so the report compares two rows resample by resample (paired), with n
 
 An interval is the resamples' 2.5th-97.5th percentiles shifted by the bootstrap's estimate of bias (the point value
 minus the resamples' mean). For a mean over users that shift is nil; for FD and ImageCoverage it matters: a resample
-holds only about 63% distinct users, which raises FD and lowers coverage on every resample.
+holds only about 63% distinct users, which raises FD and lowers coverage on every resample. Where the resamples are
+lopsided the shifted percentiles can miss the point itself (a ranker whose images show six items, two of them to a
+handful of users: nearly every resample keeps all six, a few drop one, so the mean and with it the shift move while
+the percentiles do not); an interval is then widened to reach its point.
 
 Slices (:func:`slices`) split the test users by how often their true next item occurs in the training split (cold:
 never; tail: rarely; head): where content should help an ID-based ranker least. Each slice's metrics are means over
@@ -54,9 +57,8 @@ def interval(point, draws, level):
     draws = draws[~np.isnan(draws)]
     if point is None or np.isnan(point) or not len(draws):
         return None
-    low, high = np.percentile(draws, [50 * (1 - level), 50 * (1 + level)])
-    shift = point - draws.mean()
-    return float(low + shift), float(high + shift)
+    low, high = np.percentile(draws, [50 * (1 - level), 50 * (1 + level)]) + (point - draws.mean())
+    return float(min(low, point)), float(max(high, point))
 
 
 def compare(point, draws, best_point, best_draws, level):
