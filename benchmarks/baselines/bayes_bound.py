@@ -1,0 +1,69 @@
+"""How far any ranker could go on a built-in simulated catalogue: the simulator's own ranking of the next item.
+
+    python benchmarks/baselines/bayes_bound.py --out benchmarks/baselines/bayes_bound.json \\
+        dataset/benchmark/emoji-seq dataset/benchmark/emoji-pop
+
+Each folder is a built emoji-seq / emoji-pop (``make run`` builds the first, ``recbole-gen benchmark --dataset
+emoji-pop`` the second). For every user, at the validation and test positions of the main job's leave-one-out split
+(the last two items; the training split is everything before them), each unconsumed item is scored by the
+simulator's probability of drawing it next: the probability of its subgroup at that position
+(:meth:`~recbole_gen.data.emoji_seq.EmojiSeqTruth.next_subgroup_distribution`: the user's drifting taste and the
+continuity with the last item) times its share of its subgroup's unconsumed popularity. ``latent popularity`` uses
+the simulator's item popularity, which no model sees; ``training counts`` replaces it by each item's interactions in
+the training split plus one, the popularity a ranker can estimate, keeping the simulator's taste. Hit@10 and NDCG@10
+over every user, as the main job reports them (one target per user, consumed items never ranked).
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from recbole_gen.data.emoji_seq import EmojiSeqTruth
+
+
+def scores(truth, user, position, consumed, popularity):
+    weight = popularity.copy()
+    weight[consumed] = 0
+    share = np.bincount(truth.item_subgroups, weights=weight, minlength=len(truth.subgroups))
+    q = truth.next_subgroup_distribution(user, position)
+    score = q[truth.item_subgroups] * weight / np.maximum(share[truth.item_subgroups], 1e-300)
+    score[consumed] = -np.inf
+    return score
+
+
+def bound(folder, k=10):
+    truth = EmojiSeqTruth.load(folder)
+    with np.load(Path(folder) / f"{Path(folder).name}.truth.npz") as arrays:
+        latent = arrays["item_popularity"].astype(np.float64)
+    sequences = [truth.seq_items[truth.offsets[u]:truth.offsets[u + 1]] for u in range(len(truth.users))]
+    counts = np.bincount(np.concatenate([seq[:-2] for seq in sequences]), minlength=len(truth.items)) + 1.0
+    out = {}
+    for split, back in (("valid", 2), ("test", 1)):
+        for name, popularity in (("latent popularity", latent), ("training counts", counts)):
+            hits, gains = [], []
+            for user, seq in zip(truth.users, sequences):
+                position = len(seq) - back
+                score = scores(truth, user, position, seq[:position], popularity)
+                top = np.argsort(-score, kind="stable")[:k]
+                rank = np.flatnonzero(top == seq[position])
+                hits.append(len(rank) > 0)
+                gains.append(1 / np.log2(rank[0] + 2) if len(rank) else 0.0)
+            out[f"{split}, {name}"] = {f"hit@{k}": round(float(np.mean(hits)), 4), f"ndcg@{k}": round(float(np.mean(gains)), 4),
+                                       "users": len(hits)}
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folders", nargs="+", help="built emoji-seq / emoji-pop dataset folders")
+    parser.add_argument("--out", default="benchmarks/baselines/bayes_bound.json")
+    args = parser.parse_args()
+    result = {"command": " ".join(["python", *sys.argv]), **{Path(f).name: bound(f) for f in args.folders}}
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
