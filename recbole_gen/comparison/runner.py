@@ -216,9 +216,9 @@ def run_in_process(target, *args):
 
 def run_rows(rows, start, finish, jobs=1, threads=None):
     """Run ``rows`` in spawned processes, up to ``jobs`` at a time with ``threads`` each; the next to start is the first
-    of ``rows`` still waiting whose needs have finished. ``start(row)`` gives
-    ``(target, *args)``, or None when the row has nothing to run (resumed); ``finish(row, payload)`` takes a row's
-    result. The first failure stops the rows still running and raises."""
+    of ``rows`` still waiting whose needs have finished. ``start(row)`` gives ``(target, *args)``, or None when the
+    row has nothing to run (resumed); ``finish(row, payload)`` takes a row's result. The first failure stops the rows
+    still running and raises."""
     waiting, running, done = list(rows), {}, set()
     progress = tqdm(total=len(rows), desc="benchmark rows", unit="row")
     try:
@@ -303,14 +303,14 @@ def run_benchmark(preset="default", models=None, dataset=None, out=None, resume=
     shared = {**shared, "log_dir": str(out / "logs")}
     samples = int(preset["bootstrap_samples"])
     bootstrap = {"samples": samples, "slices": preset.get("slices") or {}, "slice_metrics": preset.get("slice_metrics") or []}
-    results, draws, configs = {}, {}, {}
+    results, draws, started = {}, {}, {}
 
     def start(row):
         config_dict = {**shared, **{k: _resolve(v, results) for k, v in row.config.items()},
                        "checkpoint_dir": str(out / "saved" / row.name)}  # rows of one model may start in one second
-        configs[row.name] = config_dict
-        key = _row_key(row, dataset, config_dict, bootstrap)
-        row_file, draws_file = out / "rows" / f"{row.name}.json", out / "rows" / f"{row.name}.npz"
+        key = digest({"model": row.model, "dataset": dataset, "config": config_dict, "bootstrap": bootstrap})
+        started[row.name] = config_dict, key
+        row_file, draws_file = _row_files(out, row)
         if resume and row_file.is_file() and draws_file.is_file():
             previous = json.loads(row_file.read_text())
             if previous.get("key") == key:
@@ -319,16 +319,18 @@ def run_benchmark(preset="default", models=None, dataset=None, out=None, resume=
         return _row_worker, row.model, dataset, config_dict, bootstrap
 
     def finish(row, payload):
-        result, row_draws = payload
+        (result, row_draws), (config_dict, key) = payload, started[row.name]
         results[row.name] = {"row": row.name, "model": row.model, "config": row.config, "reference": row.reference,
-                             "block": row.block, "key": _row_key(row, dataset, configs[row.name], bootstrap), **result,
-                             "bootstrap": {"samples": samples, "seed": configs[row.name]["seed"], "users": row_draws["users"]}}
+                             "block": row.block, "key": key, **result,
+                             "bootstrap": {"samples": samples, "seed": config_dict["seed"], "users": row_draws["users"]}}
         draws[row.name] = row_draws["metrics"]
-        _write_draws(out / "rows" / f"{row.name}.npz", draws[row.name])
-        _write_json(out / "rows" / f"{row.name}.json", results[row.name])
+        row_file, draws_file = _row_files(out, row)
+        _write_draws(draws_file, draws[row.name])
+        _write_json(row_file, results[row.name])
 
     first = [row for name in preset.get("run_first") or [] for row in rows if row.name == name]
-    run_rows(first + [row for row in rows if row not in first], start, finish, jobs, max(1, torch.get_num_threads() // jobs))
+    threads = max(1, torch.get_num_threads() // jobs)  # each row's share of the cores
+    run_rows(first + [row for row in rows if row not in first], start, finish, jobs, threads)
     ordered = [results[row.name] for row in rows]
     table = write_report(out, preset, dataset, ordered, draws, shared, command)
     write_plot(out, preset, dataset, table)
@@ -336,9 +338,9 @@ def run_benchmark(preset="default", models=None, dataset=None, out=None, resume=
     return out
 
 
-def _row_key(row, dataset, config_dict, bootstrap):
-    """What a finished row must match to be kept by ``resume``."""
-    return digest({"model": row.model, "dataset": dataset, "config": config_dict, "bootstrap": bootstrap})
+def _row_files(out, row):
+    """A finished row's result and bootstrap draws (``resume`` keeps a row whose result has its key)."""
+    return out / "rows" / f"{row.name}.json", out / "rows" / f"{row.name}.npz"
 
 
 def _resolve(value, results):
