@@ -67,7 +67,9 @@ def bound(folder, k=10):
         latent = arrays["item_popularity"].astype(np.float64)
     sequences = [truth.seq_items[truth.offsets[u]:truth.offsets[u + 1]] for u in range(len(truth.users))]
     counts = np.bincount(np.concatenate([seq[:-2] for seq in sequences]), minlength=len(truth.items)) + 1.0
-    simulator = lambda user, position, consumed: truth.next_subgroup_distribution(user, position)  # noqa: E731
+    def simulator(user, position, consumed):
+        return truth.next_subgroup_distribution(user, position)
+
     out = {}
     for split, back in (("valid", 2), ("test", 1)):
         for name, popularity in (("latent popularity", latent), ("training counts", counts)):

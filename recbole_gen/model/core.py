@@ -308,7 +308,8 @@ class GenLMMCore(ItemContent, nn.Module):
         plan-vector space, and for each of the ``content_fields`` (a category) whether it shares their value, each
         weighted by how recent that history item is (``recency``: one learnt weight per step back and per term). A
         direct path for "more like what this user took lately" that needs nothing learnt about the item itself, so it
-        holds for items never seen in training; its cost grows with the catalogue as the plan's own scores do (a profile per row, then one product with every item)."""
+        holds for items never seen in training; its cost grows with the catalogue as the plan's own scores do (a
+        profile per row, then one product with every item)."""
         steps = self.recency.shape[1]
         recent = torch.zeros(len(histories), steps, dtype=torch.long, device=vectors.device)
         for row, items in enumerate(histories):  # right-aligned: column k is k + 1 steps back
