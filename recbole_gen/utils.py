@@ -46,6 +46,7 @@ PLUGIN_MODELS = {
     "ImageKNN": "recbole_gen.model.image_knn",
     "LastItem": "recbole_gen.model.last_item",
     "CategoryPop": "recbole_gen.model.category_pop",
+    "CategoryTaste": "recbole_gen.model.category_taste",
     "GenDiff": "recbole_gen.model.gendiff",
     "TokenizerReconstruction": "recbole_gen.model.reconstruction",
 }

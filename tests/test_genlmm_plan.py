@@ -6,9 +6,11 @@ import pytest
 import torch
 from recbole.data.interaction import Interaction
 
+from recbole_gen.config import Config
+from recbole_gen.data import create_dataset, data_preparation
 from recbole_gen.model.backbone import save_tiny_checkpoint
 from recbole_gen.model.core import NO_PLAN
-from test_genlmm_support import emoji64, group_sequences, gtiny, make_core, make_model, train_core  # noqa: F401
+from test_genlmm_support import emoji64, group_sequences, gtiny, make_core, make_model, recbole_config, train_core  # noqa: F401
 
 PLAN = dict(plan="item", content_fields=["group"])
 
@@ -87,18 +89,48 @@ def test_per_item_terms_tell_look_alikes_apart_and_leave_a_cold_item_to_its_cont
 
 
 def test_the_history_match_weighs_each_recent_items_likeness_by_how_recent_it_is(gtiny):
-    """By hand: a weight per step back for the content cosine and for sharing the subgroup (``group`` here)."""
+    """By hand: a weight per step back for the content cosine, and the log of a recency-weighted histogram of the
+    history's subgroups (``group`` here), smoothed, less the log of the subgroup's interactions."""
     core = make_model(gtiny, **PLAN).core
+    taste = core.taste["group"]
     with torch.no_grad():
         core.recency.zero_()
-        core.recency[0, 0], core.recency[1, 0], core.recency[1, 1] = 2.0, 3.0, 0.5  # cosine: last; subgroup: last, 2nd
+        core.recency[0] = 2.0  # cosine: the last item only
+        taste.log_weights.zero_()
+        taste.log_weights[:2] = torch.tensor([3.0, 0.5]).log()  # subgroup: the last item, then the 2nd
+        taste.log_smoothing.fill_(torch.tensor(0.25).log())
         vectors = core.plan_vectors()
         match = core.history_match([[20, 3], [3]], vectors)
     unit = torch.nn.functional.normalize(vectors, dim=-1)
     group = core.content_group
-    expected = 2.0 * unit @ unit[3] + 3.0 * (group == group[3]) + 0.5 * (group == group[20])
+    value_bias = taste.value_bias.detach()[group]
+    expected = 2.0 * unit @ unit[3] + (0.25 + 3.0 * (group == group[3]) + 0.5 * (group == group[20])).log() + value_bias
     assert torch.allclose(match[0], expected, atol=1e-5)
-    assert torch.allclose(match[1], 2.0 * unit @ unit[3] + 3.0 * (group == group[3]), atol=1e-5)  # one item: no 2nd
+    alone = 2.0 * unit @ unit[3] + (0.25 + 3.0 * (group == group[3])).log() + value_bias  # one item: no 2nd
+    assert torch.allclose(match[1], alone, atol=1e-5)
+
+
+def test_an_untrained_plan_head_ranks_as_the_history_taste_baseline_does(gtiny):
+    """Before training the plan head's query is zero and its cosine weights are 0, so its scores are the item bias
+    (log of training interactions + 1) and the taste: CategoryTaste's scores with the same settings, to the digit."""
+    from recbole_gen.model.category_taste import CategoryTaste
+
+    model = make_model(gtiny, **PLAN)
+    data_path, cache = gtiny
+    steps = model.settings.history_len
+    config = Config(model="CategoryTaste", dataset="gtiny", config_dict=recbole_config(
+        data_path, cache_dir=str(cache), category_field="group", MAX_ITEM_LIST_LENGTH=steps,
+        taste_continuity=model.settings.plan_prior_continuity, taste_smoothing=model.settings.plan_prior_smoothing,
+        taste_decay=model.settings.plan_prior_decay,
+        load_col={"inter": ["user_id", "item_id", "timestamp"], "item": ["item_id", "group"]}))
+    train, _, _ = data_preparation(config, create_dataset(config))
+    ranker = CategoryTaste(config, train._dataset)
+    histories = [[3], [20, 3], [5, 9, 20, 3, 41][-steps:]]  # a full one too
+    seq = torch.tensor([h + [0] * (steps - len(h)) for h in histories])
+    with torch.no_grad():
+        planned = model.core.plan_scores(histories)[:, 1:]
+        ranked = ranker.full_sort_predict(Interaction({ranker.ITEM_SEQ: seq, ranker.ITEM_SEQ_LEN: torch.tensor([len(h) for h in histories])}))[:, 1:]
+    assert torch.allclose(planned, ranked, atol=1e-5)
 
 
 def test_the_plan_stage_is_cached_and_rebuilt_when_its_settings_change(gtiny, monkeypatch):
@@ -118,7 +150,8 @@ def test_the_plan_stage_is_cached_and_rebuilt_when_its_settings_change(gtiny, mo
     # only the plan head moves: the item vectors and the language model condition the drawing too
     before, after = make_model(gtiny, **{**settings, "plan_stage_steps": 0}).core.saved_state_dict(), first.core.saved_state_dict()
     head = {name for name, p in first.core.named_parameters() if any(p is q for q in first.core.plan_head_parameters())}
-    assert head == {"plan_query.weight", "plan_query.bias", "plan_bias", "recency"}
+    assert head == {"plan_query.weight", "plan_query.bias", "plan_bias", "recency", "taste.group.log_weights",
+                    "taste.group.log_smoothing", "taste.group.value_bias"}
     assert [name for name in before if not torch.equal(before[name], after[name])] == sorted(head, key=list(before).index)
 
 

@@ -9,10 +9,12 @@ from recbole.trainer import Trainer
 
 from recbole_gen.config import Config, ConfigError
 from recbole_gen.data import CONSUMED, create_dataset, data_preparation
+from recbole_gen.data.dataloader import training_counts
 from recbole_gen.data.judge import JudgeFile, JudgeFileError
 from recbole_gen.evaluator.image_evaluation import with_image_evaluation
 from recbole_gen.model import vq as vqlib
 from recbole_gen.model.category_pop import CategoryPop
+from recbole_gen.model.category_taste import CategoryTaste
 from recbole_gen.quick_start import run_recbole
 from test_evaluator_recbole import OracleRanker, write_image_dataset
 from test_genlmm_support import emoji64, gtiny, make_model, recbole_config  # noqa: F401
@@ -133,6 +135,34 @@ def test_a_drawn_twin_shows_the_tokenizers_redraws_of_its_rankers_top_items(gtin
     assert torch.equal(drawn.plans, top)  # the ranker's own top 2, consumed items left out
     expected = vqlib.decode(twin.vq, twin.item_tokens.of(top.flatten(), twin.vq.device)).view(6, 2, 3, 16, 16)
     assert torch.equal(drawn.pixels, expected)  # bit-equal to the tokenizer's redraws
+
+
+def test_category_taste_weighs_the_historys_categories_against_each_items_share_of_its_category(gtiny):
+    """By hand: score = log(smoothing + recency-weighted count of the item's category in the history, the last item
+    weighing ``continuity`` more) + log((item's training interactions + 1) / its category's), up to a row's constant."""
+    data_path, cache = gtiny
+    settings = dict(taste_continuity=0.5, taste_smoothing=0.1, taste_decay=0.5, MAX_ITEM_LIST_LENGTH=4)
+    config = Config(model="CategoryTaste", dataset="gtiny", config_dict=recbole_config(
+        data_path, cache_dir=str(cache), category_field="group", **settings,
+        load_col={"inter": ["user_id", "item_id", "timestamp"], "item": ["item_id", "group"]}))
+    train, _, _ = data_preparation(config, create_dataset(config))
+    model = CategoryTaste(config, train._dataset)
+    category, counts = model.taste.values, training_counts(train._dataset)
+    a, b = 1, int(torch.nonzero((category != category[1]) & (category > 0))[0])
+    histories = [[a, b], [a, a, b, b]]
+    seq = torch.tensor([[a, b, 0, 0], [a, a, b, b]])
+    scores = model.full_sort_predict(Interaction({model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: torch.tensor([2, 4])}))
+    values = int(category.max())
+    weights = 0.5 ** torch.arange(4.0)
+    weights[0] += 0.5 / 0.5 * (weights.sum() + 0.1 * values)
+    share = torch.zeros(values + 1).index_add_(0, category[1:], counts[1:] + 1)
+    for row, items in enumerate(histories):
+        taste = torch.full((values + 1,), 0.1)
+        for back, item in enumerate(reversed(items)):
+            taste[category[item]] += weights[back]
+        expected = (taste[category] * (counts + 1) / share[category]).log()[1:]
+        assert torch.allclose(scores[row, 1:] - scores[row, 1], expected - expected[0], atol=1e-4)
+    assert scores[0, b] > scores[0, a] and scores[1, b] > scores[1, a] + 1  # the last item's category, more so twice
 
 
 def test_category_pop_ranks_the_recent_categories_then_popularity(gtiny):

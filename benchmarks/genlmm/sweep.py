@@ -36,11 +36,10 @@ DESIGNS = {
     "plan-item-no-history": dict(PLAN, history_len=0),  # ablation: the plan from no history (popularity only)
     "plan-item-teacher": dict(PLAN, plan_teacher_file="@teacher", plan_teacher_weight=0.5),
     # the plan head's per-item terms, history match and plan stage (issue 28; plan-item is the default: item bias,
-    # history match from a category prior of weight 8, no ID embedding, no plan stage); the designs above predate them
+    # history match with the taste of recbole_gen/model/taste.py, no ID embedding, no plan stage); the designs above
+    # predate them (results/plan-head's no-prior and prior-4 measured the history match's first, additive form)
     "content-only": dict(PLAN, plan_item_bias=False, plan_history_match=False),
     "item-bias": dict(PLAN, plan_history_match=False),
-    "no-prior": dict(PLAN, plan_prior_weight=0.0),  # the history match's weights start at 0
-    "prior-4": dict(PLAN, plan_prior_weight=4.0),
     "id-embedding": dict(PLAN, item_id_embedding=True),
     "plan-stage": dict(PLAN, plan_stage_steps=1000),
     "plan-stage-teacher": dict(PLAN, plan_stage_steps=1000, plan_teacher_file="@teacher", plan_teacher_weight=0.5),

@@ -21,6 +21,17 @@ from recbole_gen.model.ties import tie_order
 from recbole_gen.model.training_free import TrainingFree
 
 
+def item_categories(dataset, field):
+    """``LongTensor[item_num]``: each item's value id of the token field ``field`` of the ``.item`` file (0 = none)."""
+    if dataset.item_feat is None or field not in dataset.item_feat:
+        raise ConfigError(f"category_field '{field}' is not a loaded item field of '{dataset.dataset_name}': add it "
+                          f"to load_col's item list (load_col: {{inter: [...], item: [{dataset.iid_field}, {field}]}})")
+    if dataset.field2type[field] != FeatureType.TOKEN:
+        raise ConfigError(f"category_field '{field}' must be a token field (one category per item), it is "
+                          f"{dataset.field2type[field].value}")
+    return dataset.item_feat[field].long().clone()
+
+
 @dataclass(frozen=True)
 class CategoryPopSettings(Settings):
     """CategoryPop's keys (defaults in properties/model/CategoryPop.yaml)."""
@@ -39,14 +50,7 @@ class CategoryPop(TrainingFree, SequentialRecommender):
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.settings = CategoryPopSettings.from_config(config)
-        field = self.settings.category_field
-        if dataset.item_feat is None or field not in dataset.item_feat:
-            raise ConfigError(f"category_field '{field}' is not a loaded item field of '{dataset.dataset_name}': add it "
-                              f"to load_col's item list (load_col: {{inter: [...], item: [{dataset.iid_field}, {field}]}})")
-        if dataset.field2type[field] != FeatureType.TOKEN:
-            raise ConfigError(f"category_field '{field}' must be a token field (one category per item), it is "
-                              f"{dataset.field2type[field].value}")
-        self.register_buffer("item_category", dataset.item_feat[field].long().clone())
+        self.register_buffer("item_category", item_categories(dataset, self.settings.category_field))
         self.register_buffer("item_count", training_counts(dataset))
         self.register_buffer("tie_order", tie_order(self.n_items, config["seed"]), persistent=False)
 

@@ -20,7 +20,7 @@ predicts *what* comes next: a full softmax over catalogue items (``item``) or ov
 (``semantic``: k-means clusters of the items' content), scored against the content vectors (tied), so an
 item never seen in training can still be planned; an item seen in training adds a learnt bias (``plan_item_bias``:
 its popularity, which content cannot tell) and, with ``plan_history_match``, its recency-weighted content similarity
-to the history (a copy path for continuity). The plan's vector is then the next input, and the image
+to the history (a copy path for continuity) and the user's taste for its category (``content_fields``). The plan's vector is then the next input, and the image
 tokens are drawn conditioned on it: teacher-forced with the true next item in training, sampled (distinct
 plans for a user's images) at generation. ``plan: none`` draws straight after ``<begin_of_image>``.
 """
@@ -40,6 +40,7 @@ from recbole_gen.model.backbone import DTYPES, build_backbone
 from recbole_gen.model.content import ItemContent
 from recbole_gen.model.decoding import distinct_plans, filter_logits, guide, row_generators, sample
 from recbole_gen.model.prompt import PromptBuilder
+from recbole_gen.model.taste import HistoryTaste
 
 #: name of the LoRA adapter the RL stage trains on top of the (frozen) SFT adapter ``default``
 RL_ADAPTER = "rl"
@@ -77,13 +78,17 @@ class GenLMMCore(ItemContent, nn.Module):
             if s.item_id_embedding:
                 self.init_item_ids(hidden, dtype)
             # the per-item terms start where counting would: the bias at the log of the item's training interactions
-            # (popularity), each content field's recency weights at plan_prior_weight * plan_prior_decay ** steps back
-            # (the categories of the recent history), the content cosine's at 0; training moves them from there
+            # (popularity), each content field's taste at the history-taste ranker's (recbole_gen/model/taste.py),
+            # the content cosine's recency weights at 0; training moves them from there
             self.plan_bias = nn.Parameter(torch.log1p(counts).to(dtype)) if s.plan_item_bias and s.plan == "item" else None
-            self.recency = None
+            self.recency = self.taste = None
             if s.plan_history_match and s.plan == "item":
-                prior = s.plan_prior_weight * s.plan_prior_decay ** torch.arange(max(1, s.history_len), dtype=torch.float32)
-                self.recency = nn.Parameter(torch.stack([torch.zeros_like(prior)] + [prior] * len(self.content_fields)).to(dtype))
+                steps = max(1, s.history_len)
+                self.recency = nn.Parameter(torch.zeros(steps, dtype=dtype))
+                self.taste = nn.ModuleDict({
+                    name: HistoryTaste(getattr(self, f"content_{name}"), counts, steps, s.plan_prior_continuity,
+                                       s.plan_prior_smoothing, s.plan_prior_decay).to(dtype)
+                    for name in self.content_fields})
             if s.plan != "none":
                 self.plan_query = nn.Linear(hidden, hidden).to(dtype)
                 nn.init.zeros_(self.plan_query.weight)  # starts neutral: the plan's scores start as the per-item terms
@@ -305,33 +310,30 @@ class GenLMMCore(ItemContent, nn.Module):
 
     def history_match(self, histories, vectors):
         """``[B, item_num]``: how much each item is like the row's recent history items: its cosine to each of them in
-        plan-vector space, and for each of the ``content_fields`` (a category) whether it shares their value, each
-        weighted by how recent that history item is (``recency``: one learnt weight per step back and per term). A
-        direct path for "more like what this user took lately" that needs nothing learnt about the item itself, so it
-        holds for items never seen in training; its cost grows with the catalogue as the plan's own scores do (a
-        profile per row, then one product with every item)."""
-        steps = self.recency.shape[1]
+        plan-vector space, weighted by how recent that history item is (``recency``: one learnt weight per step back),
+        plus, for each of the ``content_fields`` (a category), the log of the user's taste for its value
+        (:class:`~recbole_gen.model.taste.HistoryTaste`). A direct path for "more like what this user took lately"
+        that needs nothing learnt about the item itself, so it holds for items never seen in training; its cost grows
+        with the catalogue as the plan's own scores do (a profile per row, then one product with every item)."""
+        steps = len(self.recency)
         recent = torch.zeros(len(histories), steps, dtype=torch.long, device=vectors.device)
         for row, items in enumerate(histories):  # right-aligned: column k is k + 1 steps back
             if items:
                 recent[row, :min(steps, len(items))] = torch.as_tensor(items[::-1][:steps], device=vectors.device)
-        weights = self.recency.to(vectors.dtype).unsqueeze(1) * (recent > 0)  # [terms, B, steps]
+        weights = self.recency.to(vectors.dtype) * (recent > 0)  # [B, steps]
         unit = F.normalize(vectors, dim=-1)
-        match = torch.einsum("bk,bkd->bd", weights[0], unit[recent]) @ unit.T
-        for term, name in enumerate(self.content_fields, start=1):
-            values = getattr(self, f"content_{name}")  # value id per item, 0 = none
-            taste = torch.zeros(len(histories), int(values.max()) + 1, dtype=match.dtype, device=match.device)
-            taste.scatter_add_(1, values[recent], weights[term])
-            taste[:, 0] = 0
-            match = match + taste[:, values]
+        match = torch.einsum("bk,bkd->bd", weights, unit[recent]) @ unit.T
+        for taste in self.taste.values():
+            match = match + taste(recent).to(match.dtype)
         return match
 
     def plan_head_parameters(self):
-        """The plan head's own parameters (its query projection, item bias and history-match weights): what the plan
-        stage trains. The item vectors and the language model also condition the drawing, so they are left to the
-        stages that train drawing too."""
+        """The plan head's own parameters (its query projection, item bias, history-match weights and tastes): what
+        the plan stage trains. The item vectors and the language model also condition the drawing, so they are left to
+        the stages that train drawing too."""
         own = [self.plan_bias, self.recency]
-        return [*self.plan_query.parameters(), *(p for p in own if p is not None)]
+        taste = self.taste.parameters() if self.taste is not None else []
+        return [*self.plan_query.parameters(), *(p for p in own if p is not None), *taste]
 
     def plan_of(self, items):
         """The plan that teaches drawing ``items``: the item itself, or its semantic code."""

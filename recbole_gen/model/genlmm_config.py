@@ -46,7 +46,8 @@ class GenLMMSettings(TokenizerArchitecture):
     plan_codes: int
     plan_item_bias: bool
     plan_history_match: bool
-    plan_prior_weight: float
+    plan_prior_continuity: float
+    plan_prior_smoothing: float
     plan_prior_decay: float
     plan_loss_weight: float
     plan_temperature: float
@@ -87,7 +88,9 @@ class GenLMMSettings(TokenizerArchitecture):
         self.require(self.lmm_path is None or (Path(self.lmm_path) / "config.json").is_file(), "lmm_path",
                      "~ or a folder holding a Hugging Face-format Janus checkpoint (its config.json and weights)")
         self.require(self.plan_temperature > 0, "plan_temperature", "> 0")
-        self.require(0 <= self.plan_prior_decay <= 1, "plan_prior_decay", "in [0, 1]")
+        self.require(0 <= self.plan_prior_continuity < 1, "plan_prior_continuity", "in [0, 1)")
+        self.require(self.plan_prior_smoothing > 0, "plan_prior_smoothing", "> 0")
+        self.require(0 < self.plan_prior_decay <= 1, "plan_prior_decay", "in (0, 1]")
 
     @property
     def generation(self):
