@@ -20,9 +20,10 @@ predicts *what* comes next: a full softmax over catalogue items (``item``) or ov
 (``semantic``: k-means clusters of the items' content), scored against the content vectors (tied), so an
 item never seen in training can still be planned; an item seen in training adds a learnt bias (``plan_item_bias``:
 its popularity, which content cannot tell) and, with ``plan_history_match``, its recency-weighted content similarity
-to the history (a copy path for continuity) and the user's taste for its category (``content_fields``). The plan's vector is then the next input, and the image
-tokens are drawn conditioned on it: teacher-forced with the true next item in training, sampled (distinct
-plans for a user's images) at generation. ``plan: none`` draws straight after ``<begin_of_image>``.
+to the history (a copy path for continuity) and the user's taste for its category (``content_fields``). The plan's
+vector is then the next input, and the image tokens are drawn conditioned on it: teacher-forced with the true next
+item in training, sampled (distinct plans for a user's images) at generation. ``plan: none`` draws straight after
+``<begin_of_image>``.
 """
 import math
 import warnings
