@@ -72,6 +72,3 @@ class CategoryPop(TrainingFree, SequentialRecommender):
         order = self.tie_order[torch.argsort(key[:, self.tie_order], dim=1, descending=True, stable=True)]
         ranks.scatter_(1, order, -torch.arange(key.shape[1], device=key.device, dtype=torch.float32).expand_as(key))
         return ranks
-
-    def predict(self, interaction):
-        return self.full_sort_predict(interaction).gather(1, interaction[self.ITEM_ID].view(-1, 1)).squeeze(1)

@@ -55,6 +55,3 @@ class CategoryTaste(TrainingFree, SequentialRecommender):
         back = length.unsqueeze(1) - 1 - torch.arange(seq.shape[1], device=seq.device)  # column k: k + 1 steps back
         recent = torch.where(back >= 0, seq.gather(1, back.clamp(min=0)), 0)
         return self.taste(recent) + self.log_count
-
-    def predict(self, interaction):
-        return self.full_sort_predict(interaction).gather(1, interaction[self.ITEM_ID].view(-1, 1)).squeeze(1)

@@ -55,6 +55,3 @@ class ImageKNN(TrainingFree, SequentialRecommender):
         if self.settings.knn_exclude_history:
             scores.scatter_(1, seq, float("-inf"))
         return scores
-
-    def predict(self, interaction):
-        return self.full_sort_predict(interaction).gather(1, interaction[self.ITEM_ID].view(-1, 1)).squeeze(1)
